@@ -1,0 +1,3 @@
+"""Imports every variant module once so that its ``register`` calls run (see registry._ensure_loaded)."""
+
+from . import naive, torch_chunk  # noqa: F401

@@ -1,0 +1,73 @@
+"""Choosing the implementation and config of a call: ``variant="auto"`` and ``config=None``.
+
+The rule, in order:
+1. An explicit variant name is used as given; otherwise ("auto") the fastest variant that exported
+   tuning results name for this device and shape, when such results exist.
+2. Without tuning results ("auto"): on CUDA, "recurrent" for short sequences (mean length <= 64 tokens
+   per sequence: decoding and tiny prompts, where chunking buys nothing) and "chunk" otherwise; on CPU,
+   "torch_chunk". If the preferred variant cannot run the problem, the first of the fallback order
+   (chunk, recurrent, torch_chunk, reference) that can.
+3. ``config=None``: the exported best config for (device, variant, dtype, K, V, sequence length) when one
+   exists, else the variant's default. A given (possibly partial) config is merged over the default.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from . import registry
+from .registry import Config, Problem, Variant
+
+SHORT_SEQUENCE = 64
+FALLBACK_ORDER = ("chunk", "recurrent", "torch_chunk", "reference")
+
+
+def rule_variant(problem: Problem, family: str) -> str:
+    """The documented rule for ``variant="auto"`` (used when no tuning results cover the problem)."""
+    available = {v.name: v for v in registry.variants(family)}
+    if problem.device == "cuda":
+        mean_len = problem.tokens / max(problem.num_seqs, 1)
+        preferred = "recurrent" if mean_len <= SHORT_SEQUENCE else "chunk"
+    else:
+        preferred = "torch_chunk"
+    for name in (preferred, *FALLBACK_ORDER):
+        variant = available.get(name)
+        if variant is not None and variant.unsupported_reason(problem) is None:
+            return name
+    for variant in available.values():
+        if variant.unsupported_reason(problem) is None:
+            return variant.name
+    raise ValueError(f"variant: no registered {family} variant supports {problem.describe()} on {problem.device}")
+
+
+def tuned_variant(problem: Problem, family: str) -> Optional[str]:
+    """The fastest variant named by exported tuning results for ``problem`` (None without results)."""
+    from . import tuned
+
+    return tuned.best_variant(problem, family)
+
+
+def tuned_config(variant: Variant, problem: Problem) -> Optional[Config]:
+    from . import tuned
+
+    return tuned.lookup_config(variant, problem)
+
+
+def resolve(family: str, name: str, config: Optional[Config], problem: Problem) -> tuple[Variant, Config]:
+    """The variant and full config to run ``problem`` with; clear errors when it cannot run."""
+    if name == "auto":
+        name = tuned_variant(problem, family) or rule_variant(problem, family)
+    variant = registry.get(name, family)
+    reason = variant.unsupported_reason(problem)
+    if reason is not None:
+        others = [n for n in registry.supporting(problem, family) if n != name]
+        raise ValueError(
+            f"variant: {name!r} cannot run {problem.describe()} on {problem.device}: {reason}"
+            f" (variants that can: {', '.join(others) or 'none'})"
+        )
+    # a given config is merged over the variant's default; tuned configs apply only when none is given
+    full = variant.full_config(config if config else tuned_config(variant, problem))
+    why = variant.config_reason(full, problem)
+    if why is not None:
+        raise ValueError(f"config: {full} cannot run {problem.describe()} with variant {name!r}: {why}")
+    return variant, full
