@@ -52,3 +52,15 @@ def autograd_backward(forward: Callable[..., tuple]) -> Callable[..., tuple]:
         return dq, dk, dv, dbeta, dh0
 
     return backward
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run under its CPU interpreter (TRITON_INTERPRET=1, read at import)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_devices() -> tuple[str, ...]:
+    """Device types a Triton variant can run on: CUDA, plus CPU tensors under the interpreter."""
+    return ("cuda", "cpu") if triton_interpreting() else ("cuda",)
