@@ -21,6 +21,11 @@ app = typer.Typer(
 console = Console()
 
 
+@app.callback()
+def _root() -> None:
+    """deltalab: delta-rule kernels -- variants, numerics checks, timing sweeps, tuning, reports."""
+
+
 def use_interpreter_without_gpu() -> bool:
     """Run Triton kernels under the interpreter when there is no CUDA device; True if it does."""
     import torch
