@@ -7,8 +7,12 @@ Every check draws fresh random inputs (never zeros; keys L2-normalised), compare
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import contextlib
+import json
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -116,3 +120,288 @@ def random_inputs(
     h0 = randn(problem.num_seqs, H, K, V) if initial_state else None
     dt = problem.dtype
     return Inputs(q, k, v, beta, h0, cu).to(dt, device)
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+
+# The tensors a check compares, in this order: forward outputs, then gradients.
+FORWARD_KEYS = ("o", "final_state")
+GRADIENT_KEYS = ("dq", "dk", "dv", "dbeta", "dh0")
+ERROR_KEYS = FORWARD_KEYS + GRADIENT_KEYS
+
+
+@dataclass
+class CheckResult:
+    """The verdict of one numerics check of ``variant`` on ``problem`` with ``config`` (the full config).
+
+    ``errors`` and ``tolerances`` share their keys (among ``ERROR_KEYS``): the relative Frobenius error
+    of each compared tensor (inf for NaN/Inf, a shape mismatch or a missing tensor) and the allowed one.
+    ``passed`` is True only when every error is within its tolerance; ``reason`` then is "", else it
+    says which tensor failed, or the exception a crashing variant raised. ``skipped`` marks a variant
+    (or config) that does not support the problem -- not a failure; ``reason`` holds the variant's own
+    explanation. ``notes`` holds remarks that do not fail the check (e.g. "no backward").
+    """
+
+    variant: str
+    family: str
+    problem: Problem
+    config: dict
+    errors: dict[str, float] = field(default_factory=dict)
+    tolerances: dict[str, float] = field(default_factory=dict)
+    passed: bool = False
+    reason: str = ""
+    skipped: bool = False
+    notes: str = ""
+
+    @property
+    def status(self) -> str:
+        """"passed", "failed" or "skipped"."""
+        return "passed" if self.passed else ("skipped" if self.skipped else "failed")
+
+    def to_row(self) -> dict:
+        """A flat, JSON-able dict: names, status, the problem's fields, config (JSON string), and
+        ``err_<key>`` / ``tol_<key>`` for every key of ``ERROR_KEYS`` (None where not compared).
+        Non-finite errors stay ``inf`` (Python's json writes them as Infinity)."""
+        p = self.problem
+        row = {
+            "variant": self.variant,
+            "family": self.family,
+            "status": self.status,
+            "passed": self.passed,
+            "reason": self.reason,
+            "notes": self.notes,
+            "B": p.B,
+            "T": p.T,
+            "H": p.H,
+            "K": p.K,
+            "V": p.V,
+            "dtype": dtype_name(p.dtype),
+            "num_seqs": p.num_seqs,
+            "varlen": p.varlen,
+            "block_size": p.block_size,
+            "device": p.device,
+            "config": json.dumps(self.config, sort_keys=True),
+        }
+        for key in ERROR_KEYS:
+            row[f"err_{key}"] = self.errors.get(key)
+            row[f"tol_{key}"] = self.tolerances.get(key)
+        return row
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16, and so on."""
+    return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def poisoned() -> Iterator[None]:
+    """Inside this block every uninitialised allocation (torch.empty, empty_like, new_empty, the
+    outputs a variant allocates for its kernels) is filled with NaN (integers: their maximum), so an
+    element a variant forgets to write shows up as NaN instead of whatever the caching allocator
+    last held there -- often the correct answer of the previous run.
+
+    Uses torch's deterministic mode (``fill_uninitialized_memory``) with ``warn_only=True``, so ops
+    without a deterministic implementation still run; the previous settings are restored on exit.
+    """
+    was_enabled = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "... does not have a deterministic implementation"
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = True
+            yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+        torch.use_deterministic_algorithms(was_enabled, warn_only=was_warn_only)
+
+
+@dataclass
+class _Upstream:
+    """Random upstream gradients: ``do`` like o (v's dtype), ``dfinal_state`` like the state."""
+
+    do: torch.Tensor
+    dfinal_state: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> "_Upstream":
+        state = torch.float64 if dtype == torch.float64 else torch.float32
+        return _Upstream(self.do.to(dtype), self.dfinal_state.to(state))
+
+
+def _random_upstream(problem: Problem, seed: int, device) -> _Upstream:
+    """do ~ N(0, 1) [B, T, H, V] in the problem's dtype; dfinal_state ~ N(0, 1) [N, H, K, V] float32."""
+    gen = torch.Generator().manual_seed(seed + 7919)  # independent of the inputs' stream
+    p = problem
+    do = torch.randn(p.B, p.T, p.H, p.V, generator=gen, dtype=torch.float64)
+    dht = torch.randn(p.num_seqs, p.H, p.K, p.V, generator=gen, dtype=torch.float64)
+    state = torch.float64 if p.dtype == torch.float64 else torch.float32
+    return _Upstream(do.to(device=device, dtype=p.dtype), dht.to(device=device, dtype=state))
+
+
+def _run_op(
+    family: str, name: str, config: Optional[dict], problem: Problem, inputs: Inputs, upstream: _Upstream, backward: bool
+) -> dict[str, Optional[torch.Tensor]]:
+    """One call of the public op with ``variant=name`` (and its backward): the tensors to compare.
+
+    Returns {"o", "final_state"} and, with ``backward``, the gradients {"dq", "dk", "dv", "dbeta",
+    "dh0"} (dh0 only with an initial state); a gradient the variant did not produce is None.
+    """
+    from deltalab.variants.op import block_diag_delta_rule, delta_rule
+
+    leaves = [x.detach().clone().requires_grad_(backward) for x in inputs.tensors()]
+    q, k, v, beta = leaves[:4]
+    h0 = leaves[4] if inputs.initial_state is not None else None
+    kwargs = dict(initial_state=h0, output_final_state=True, cu_seqlens=inputs.cu_seqlens, variant=name, config=config)
+    with torch.set_grad_enabled(backward):
+        if family == "block_diag":
+            o, final_state = block_diag_delta_rule(q, k, v, beta, block_size=problem.block_size, **kwargs)
+        else:
+            o, final_state = delta_rule(q, k, v, beta, **kwargs)
+    out: dict[str, Optional[torch.Tensor]] = {"o": o.detach(), "final_state": None if final_state is None else final_state.detach()}
+    if backward:
+        outputs, grads = [o], [upstream.do]
+        if final_state is not None and final_state.requires_grad:
+            outputs.append(final_state)
+            grads.append(upstream.dfinal_state)
+        torch.autograd.backward(outputs, grads)
+        for key, leaf in zip(("dq", "dk", "dv", "dbeta", "dh0"), leaves):
+            out[key] = leaf.grad
+    return out
+
+
+# Reference results, keyed by everything that determines them: every variant checked on the same
+# problem and seed is compared with one reference run (the float64 recurrence is slow).
+_REFERENCE_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
+_REFERENCE_CACHE_SIZE = 8
+
+
+def _reference_outputs(family: str, problem: Problem, inputs: Inputs, upstream: _Upstream, backward: bool, key: tuple) -> dict:
+    """Variant "reference" of ``family`` on float64 copies of ``inputs`` (cached under ``key``)."""
+    if key in _REFERENCE_CACHE:
+        _REFERENCE_CACHE.move_to_end(key)
+        return _REFERENCE_CACHE[key]
+    expected = _run_op(family, "reference", None, problem, inputs.to(torch.float64), upstream.to(torch.float64), backward)
+    _REFERENCE_CACHE[key] = expected
+    while len(_REFERENCE_CACHE) > _REFERENCE_CACHE_SIZE:
+        _REFERENCE_CACHE.popitem(last=False)
+    return expected
+
+
+def _describe_failure(key: str, got: Optional[torch.Tensor], ref: torch.Tensor, error: float, tol: float) -> str:
+    """Why tensor ``key`` failed, in words (missing, wrong shape, non-finite, or too far off)."""
+    if got is None:
+        return f"{key}: not produced"
+    if got.shape != ref.shape:
+        return f"{key}: shape {tuple(got.shape)} != reference {tuple(ref.shape)}"
+    finite = torch.isfinite(got)
+    if not finite.all():
+        bad = int((~finite).sum())
+        return f"{key}: {bad} of {got.numel()} elements NaN/Inf"
+    return f"{key}: error {error:.2e} > tolerance {tol:.1e}"
+
+
+def _exception_text(stage: str, exc: BaseException, limit: int = 400) -> str:
+    text = f"{stage} raised {type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_variant(
+    variant: str,
+    problem: Problem,
+    config: Optional[dict] = None,
+    *,
+    family: str = "delta_rule",
+    backward: bool = True,
+    seed: int = 0,
+    initial_state: bool = True,
+    device=None,
+    per_block_beta: Optional[bool] = None,
+) -> CheckResult:
+    """Check ``variant`` against variant "reference" on fresh random inputs for ``problem``.
+
+    Inputs come from ``random_inputs(problem, seed=seed)`` (q, v ~ N(0, 1), normalised keys, beta in
+    (0, 1), an initial state unless ``initial_state=False``); upstream gradients for o and the final
+    state are random too. The variant runs through the public op (``variant=variant, config=`` the full
+    config) with every uninitialised allocation poisoned with NaN (``poisoned``), forward and, when
+    ``backward`` and the variant has one, backward. The reference runs on float64 copies of the same
+    (already rounded) inputs. Errors are relative Frobenius errors; tolerances come from
+    ``TOLERANCES`` for the problem's dtype.
+
+    ``device`` defaults to the problem's device ("cuda" only when available); ``per_block_beta``
+    (block-diagonal family only) defaults to one beta per block when there is more than one block.
+
+    Never raises for a variant that fails or crashes: the result says so (``passed=False``,
+    ``reason``). A variant or config that does not support the problem is ``skipped``.
+    """
+    from deltalab.variants import registry
+
+    if device is None:
+        device = "cuda" if problem.device == "cuda" and torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if problem.device != device.type:
+        problem = replace(problem, device=device.type)
+    result = CheckResult(variant=variant, family=family, problem=problem, config=dict(config or {}))
+
+    try:
+        impl = registry.get(variant, family)
+    except ValueError as exc:
+        result.reason = str(exc)
+        return result
+    why_not = impl.unsupported_reason(problem)
+    if why_not is not None:
+        result.skipped, result.reason = True, why_not
+        return result
+    try:
+        full = impl.full_config(config)
+    except (ValueError, TypeError) as exc:
+        result.reason = str(exc)
+        return result
+    result.config = full
+    why_not = impl.config_reason(full, problem)
+    if why_not is not None:
+        result.skipped, result.reason = True, f"config {full}: {why_not}"
+        return result
+    try:
+        registry.get("reference", family)
+    except ValueError:
+        result.skipped, result.reason = True, f"no variant 'reference' registered for family {family}"
+        return result
+
+    run_backward = backward and impl.supports_backward
+    if backward and not impl.supports_backward:
+        result.notes = "no backward: forward checked only"
+    if per_block_beta is None:
+        per_block_beta = family == "block_diag" and problem.num_blocks > 1
+    inputs = random_inputs(problem, seed=seed, device=device, initial_state=initial_state, per_block_beta=per_block_beta)
+    upstream = _random_upstream(problem, seed, device)
+
+    keys = list(FORWARD_KEYS)
+    if run_backward:
+        keys += [k for k in GRADIENT_KEYS if k != "dh0" or initial_state]
+    result.tolerances = {k: tolerance(problem.dtype, gradient=k in GRADIENT_KEYS) for k in keys}
+
+    try:
+        cache_key = (family, problem, seed, initial_state, per_block_beta, run_backward, str(device))
+        expected = _reference_outputs(family, problem, inputs, upstream, run_backward, cache_key)
+    except Exception as exc:  # the oracle itself failed: nothing can be judged
+        result.reason = _exception_text("reference", exc)
+        return result
+    try:
+        with poisoned():
+            got = _run_op(family, variant, full, problem, inputs, upstream, run_backward)
+    except Exception as exc:  # a crashing variant is a failed check, never a crashed gate
+        result.reason = _exception_text(f"variant {variant!r}", exc)
+        result.errors = {k: float("inf") for k in keys}
+        return result
+
+    failures = []
+    for key in keys:
+        out, ref = got.get(key), expected[key]
+        error = float("inf") if out is None else rel_error(out, ref)
+        result.errors[key] = error
+        if not error <= result.tolerances[key]:
+            failures.append(_describe_failure(key, out, ref, error, result.tolerances[key]))
+    result.passed = not failures
+    result.reason = "; ".join(failures)
+    return result

@@ -25,31 +25,35 @@ def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
 
 
 def autograd_backward(forward: Callable[..., tuple]) -> Callable[..., tuple]:
-    """A ``backward`` for a variant written in differentiable torch: recompute forward, then autograd.grad."""
+    """A ``backward`` for a variant written in differentiable torch: the vector-Jacobian product of its
+    forward. torch.func.vjp is used rather than torch.autograd.grad because the backward runs inside a
+    torch.library custom op, below the autograd dispatch key, where only functorch's transforms still
+    differentiate."""
 
     def backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
-        with torch.enable_grad():
-            inputs = [x.detach().requires_grad_() for x in (q, k, v, beta)]
-            h0 = None if initial_state is None else initial_state.detach().requires_grad_()
+        with_state = initial_state is not None
+
+        def run(q, k, v, beta, *state):
             o, final_state = forward(
-                *inputs,
+                q,
+                k,
+                v,
+                beta,
                 scale=scale,
-                initial_state=h0,
+                initial_state=state[0] if with_state else None,
                 output_final_state=dfinal_state is not None,
                 cu_seqlens=cu_seqlens,
                 config=config,
                 block_size=block_size,
             )
-            outputs, grads = [o], [do]
-            if dfinal_state is not None:
-                outputs.append(final_state)
-                grads.append(dfinal_state)
-            wrt = inputs + ([h0] if h0 is not None else [])
-            result = torch.autograd.grad(outputs, wrt, grads, allow_unused=True)
-        result = [torch.zeros_like(x) if g is None else g for g, x in zip(result, wrt)]
-        dq, dk, dv, dbeta = result[:4]
-        dh0 = result[4] if h0 is not None else None
-        return dq, dk, dv, dbeta, dh0
+            return (o, final_state) if dfinal_state is not None else (o,)
+
+        primals = (q, k, v, beta) + ((initial_state,) if with_state else ())
+        _, vjp = torch.func.vjp(run, *primals)
+        cotangents = (do, dfinal_state) if dfinal_state is not None else (do,)
+        grads = vjp(cotangents)
+        dq, dk, dv, dbeta = grads[:4]
+        return dq, dk, dv, dbeta, (grads[4] if with_state else None)
 
     return backward
 

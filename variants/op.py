@@ -105,7 +105,8 @@ def _delta_rule_fwd(
         final_state = q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
     elif initial_state is not None and final_state.data_ptr() == initial_state.data_ptr():
         final_state = final_state.clone()  # a custom op's output may not alias an input (T = 0)
-    return o, final_state
+    # outputs must have the strides the fake implementation promises (contiguous)
+    return o.contiguous(), final_state.contiguous()
 
 
 @_delta_rule_fwd.register_fake
@@ -154,7 +155,7 @@ def _delta_rule_bwd(
     )
     if dh0 is None:
         dh0 = q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
-    return dq, dk, dv, dbeta, dh0
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbeta.contiguous(), dh0.contiguous()
 
 
 @_delta_rule_bwd.register_fake
@@ -211,12 +212,12 @@ def _call(
     check_inputs(q, k, v, beta, initial_state, cu_seqlens, scale, block_size=block_size)
     if not isinstance(variant, str):
         raise TypeError(f"variant: expected a name (str), got {type(variant).__name__}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict of tunable settings or None, got {type(config).__name__}")
     if variant != "auto":
         impl = registry.get(variant, family)  # ValueError naming the known variants
         if config:
             impl.check_config(config)
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"config: expected a dict of tunable settings or None, got {type(config).__name__}")
     K = q.shape[-1]
     block = K if block_size is None else block_size
     if scale is None:
@@ -304,4 +305,6 @@ def block_diag_delta_rule(
     exactly ``delta_rule``. Other arguments and the returns are as in ``delta_rule``; the state is
     [N, H, K, V] (the blocks' states stacked along K).
     """
+    if block_size is None:  # check_inputs reads None as "the ordinary delta rule"
+        raise ValueError("block_size: expected a positive int, got None")
     return _call("block_diag", block_size, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, qk_l2norm, variant, config)

@@ -32,6 +32,8 @@ def chunk_scan(q, k, v, beta, h0, scale: float, chunk_size: int):
     N, L, H, K = k.shape
     V = v.shape[-1]
     C = chunk_size
+    if L == 0:
+        return v.new_zeros(N, 0, H, V), h0
     pad = (-L) % C
     if pad:
         # padded rows have k = 0 and beta = 0: they add nothing to A, W, U or the state
@@ -40,7 +42,7 @@ def chunk_scan(q, k, v, beta, h0, scale: float, chunk_size: int):
     num_chunks = (L + pad) // C
 
     def chunks(x):  # [N, L', H, D] -> [N, H, NC, C, D]
-        return x.reshape(N, num_chunks, C, H, -1).permute(0, 3, 1, 2, 4)
+        return x.reshape(N, num_chunks, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
 
     qc, kc, vc = chunks(q * scale), chunks(k), chunks(v)
     bc = beta.reshape(N, num_chunks, C, H).permute(0, 3, 1, 2)[..., None]  # [N, H, NC, C, 1]
