@@ -402,6 +402,131 @@ def check_variant(
         result.errors[key] = error
         if not error <= result.tolerances[key]:
             failures.append(_describe_failure(key, out, ref, error, result.tolerances[key]))
+    # the op's promise: o in v's dtype, the final state float32 (float64 for float64 inputs)
+    promised = {"o": problem.dtype, "final_state": torch.float64 if problem.dtype == torch.float64 else torch.float32}
+    for key, dtype in promised.items():
+        out = got.get(key)
+        if out is not None and out.dtype != dtype:
+            failures.append(f"{key}: dtype {dtype_name(out.dtype)}, expected {dtype_name(dtype)}")
     result.passed = not failures
     result.reason = "; ".join(failures)
     return result
+
+
+# ---------------------------------------------------------------------------------------------- check sets
+
+
+def check_problems(family: str, device: str, quick: bool = False) -> list[Problem]:
+    """The shape set ``deltalab check`` runs for ``family`` (dtype left at the Problem default; the
+    caller sets it). CPU shapes are small (Triton's interpreter is slow) but still cover a partial
+    last chunk, K != V, a non-power-of-two head dim and a packed varlen batch; GPU shapes are larger.
+    ``quick`` keeps the fewest that still cover a partial chunk and varlen."""
+    P = Problem
+    if family == "block_diag":
+        if device == "cuda":
+            shapes = [P(1, 256, 2, 512, 128, block_size=128)]
+            if not quick:
+                shapes += [
+                    P(2, 200, 2, 1024, 64, block_size=128),
+                    P(1, 300, 2, 256, 64, block_size=64, num_seqs=3, varlen=True),
+                ]
+        else:
+            shapes = [P(1, 40, 2, 64, 16, block_size=32)]
+            if not quick:
+                shapes += [
+                    P(1, 70, 1, 128, 32, block_size=64),
+                    P(1, 60, 2, 64, 32, block_size=32, num_seqs=3, varlen=True),
+                ]
+    else:
+        if device == "cuda":
+            shapes = [P(2, 250, 4, 64, 64), P(1, 400, 2, 64, 128, num_seqs=3, varlen=True)]
+            if not quick:
+                shapes += [P(1, 1024, 4, 128, 128), P(2, 256, 2, 256, 256), P(2, 333, 2, 100, 48)]
+        else:
+            shapes = [P(2, 40, 2, 32, 16), P(1, 50, 1, 16, 32, num_seqs=3, varlen=True)]
+            if not quick:
+                shapes += [P(2, 100, 2, 32, 32), P(1, 70, 2, 48, 64)]
+    return [replace(p, device=device) for p in shapes]
+
+
+def check_dtypes(device: str) -> list[torch.dtype]:
+    """Default dtypes of ``deltalab check``: bf16, fp16, fp32 on a GPU; fp32 and fp16 on CPU, where
+    Triton's interpreter computes ``tl.dot`` on bfloat16 wrongly (bf16 is checked on the GPU)."""
+    if device == "cuda":
+        return [torch.bfloat16, torch.float16, torch.float32]
+    return [torch.float32, torch.float16]
+
+
+def check_variants(family: str) -> list[str]:
+    """The variants ``deltalab check`` covers by default: every registered one but the oracle."""
+    from deltalab.variants import registry
+
+    return [v.name for v in registry.variants(family) if not v.is_reference]
+
+
+def run_checks(
+    plan: list[tuple[str, str, Problem]],
+    *,
+    backward: bool = True,
+    seed: int = 0,
+    on_result=None,
+) -> list[CheckResult]:
+    """``check_variant`` for every (family, variant, problem) of ``plan``, in order (keep a problem's
+    variants adjacent: they share one cached reference run). ``on_result(result)`` is called after
+    each one (progress display)."""
+    results = []
+    for family, name, problem in plan:
+        result = check_variant(name, problem, family=family, backward=backward, seed=seed)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def short_shape(problem: Problem) -> str:
+    """A compact shape label: "B2 T40 H2 K32 V16", plus " blk32" and " varlen(3)" where they apply."""
+    p = problem
+    text = f"B{p.B} T{p.T} H{p.H} K{p.K} V{p.V}"
+    if p.block_size != p.K:
+        text += f" blk{p.block_size}"
+    return text + (f" varlen({p.num_seqs})" if p.varlen else "")
+
+
+_SHORT_DTYPES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def check_table(results: list[CheckResult], title: str = "numerics check against the float64 reference"):
+    """A rich Table of check results: one row per check, the relative error of every compared tensor
+    (red above its tolerance; "-" where not compared), the status and the reason (or notes)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("family")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("shape")
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for key in ERROR_KEYS:
+        table.add_column("ht" if key == "final_state" else key, justify="right", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    colors = {"passed": "green", "failed": "red", "skipped": "yellow"}
+    for r in results:
+        cells = []
+        for key in ERROR_KEYS:
+            error = r.errors.get(key)
+            if error is None:
+                cells.append("-")
+            else:
+                text = "NaN/Inf" if error == float("inf") else f"{error:.1e}"
+                cells.append(text if error <= r.tolerances[key] else f"[red]{text}[/]")
+        table.add_row(
+            r.family,
+            r.variant,
+            short_shape(r.problem),
+            _SHORT_DTYPES.get(r.problem.dtype, dtype_name(r.problem.dtype)),
+            f"[{colors[r.status]}]{r.status}[/]",
+            *cells,
+            escape(r.reason or r.notes),
+        )
+    return table

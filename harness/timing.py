@@ -5,7 +5,8 @@ On CUDA each call is timed on the GPU with a pair of CUDA events (the loop of
 there), warm-up calls for ``warmup_ms``, then ``rep_ms`` worth of timed calls, the L2 cache flushed
 (a 256 MB buffer zeroed) before each one, outside the timed region. Small problems can instead be
 captured once in a CUDA graph and replayed, which removes the host's launch overhead from the samples.
-On CPU (Triton's interpreter, torch on CPU) calls are timed with ``time.perf_counter``.
+On CPU (Triton's interpreter, torch on CPU) calls are timed with ``time.perf_counter``, with no
+untimed call when ``warmup_ms`` is 0 (the interpreter compiles nothing and is slow).
 
 ``make_runner`` turns (variant, problem, config, mode) into a zero-argument closure over inputs built
 once; ``time_variant`` times it.
@@ -17,7 +18,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -27,6 +28,8 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 
 # Bytes zeroed before each timed CUDA call so that no operand is still in L2 (H200: 60 MB of L2).
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+# With cuda_graph="auto", calls shorter than this (ms) are timed as CUDA-graph replays.
+GRAPH_AUTO_MS = 0.05
 
 
 @dataclass
@@ -94,9 +97,12 @@ def _rep_count(estimate_ms: float, budget_ms: float, min_reps: int, max_reps: in
 
 
 def _benchmark_cpu(fn: Callable[[], object], warmup_ms: float, rep_ms: float, min_reps: int, max_reps: int) -> Timing:
-    """Wall-clock samples with time.perf_counter: one untimed call, warm-up for ``warmup_ms``, then
-    timed calls until ``rep_ms`` has passed (at least ``min_reps``, at most ``max_reps``)."""
-    fn()  # untimed: first-call costs (imports, caches)
+    """Wall-clock samples with time.perf_counter: one untimed call and more warm-up calls for
+    ``warmup_ms`` (none when warmup_ms == 0: under Triton's interpreter nothing compiles and a call
+    can take seconds), then timed calls until ``rep_ms`` has passed (at least ``min_reps``, at most
+    ``max_reps``)."""
+    if warmup_ms > 0:
+        fn()  # untimed: first-call costs (imports, caches)
     start = time.perf_counter()
     while (time.perf_counter() - start) * 1e3 < warmup_ms:
         fn()
@@ -129,13 +135,26 @@ def _capture_graph(fn: Callable[[], object], device: torch.device) -> Optional["
         return None
 
 
+def _estimate_ms(call: Callable[[], object], cache: Optional[torch.Tensor], n: int = 5) -> float:
+    """Mean time of one call (with its L2 flush) over ``n`` back-to-back calls, CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        if cache is not None:
+            cache.zero_()
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
 def _benchmark_cuda(
     fn: Callable[[], object],
     device: torch.device,
     warmup_ms: float,
     rep_ms: float,
     flush_l2: bool,
-    cuda_graph: bool,
+    cuda_graph,
     min_reps: int,
     max_reps: int,
 ) -> Timing:
@@ -143,23 +162,15 @@ def _benchmark_cuda(
     with torch.cuda.device(device):
         fn()  # untimed: Triton compiles (and autotunes, for peers) here
         torch.cuda.synchronize()
+        cache = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if flush_l2 else None
+        # the time of one call sizes the warm-up and the timed loop (and decides "auto" graphs)
         method, call = "cuda_events", fn
-        if cuda_graph:
+        estimate_ms = _estimate_ms(call, cache)
+        if cuda_graph is True or (cuda_graph == "auto" and estimate_ms < GRAPH_AUTO_MS):
             graph = _capture_graph(fn, device)
             if graph is not None:
                 method, call = "cuda_graph", graph.replay
-        cache = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if flush_l2 else None
-
-        # estimate the time of one call from five, to size the warm-up and the timed loop
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            if cache is not None:
-                cache.zero_()
-            call()
-        end.record()
-        torch.cuda.synchronize()
-        estimate_ms = start.elapsed_time(end) / 5
+                estimate_ms = _estimate_ms(call, cache)
         n_warmup = _rep_count(estimate_ms, warmup_ms, 1, max_reps)
         n_repeat = _rep_count(estimate_ms, rep_ms, min_reps, max_reps)
 
@@ -184,7 +195,7 @@ def benchmark(
     warmup_ms: float = 25.0,
     rep_ms: float = 100.0,
     flush_l2: bool = True,
-    cuda_graph: bool = False,
+    cuda_graph: Union[bool, str] = False,
     min_reps: int = 5,
     max_reps: int = 1000,
     device=None,
@@ -193,8 +204,11 @@ def benchmark(
 
     ``device``: where ``fn`` runs; defaults to the current CUDA device when CUDA is available, else
     CPU. ``cuda_graph=True`` captures ``fn`` in a CUDA graph and times its replays (falls back to eager
-    calls, ``method="cuda_events"``, when capture fails).
+    calls, ``method="cuda_events"``, when capture fails); ``cuda_graph="auto"`` does so only for calls
+    shorter than ``GRAPH_AUTO_MS``, where host launch overhead would dominate the samples.
     """
+    if cuda_graph not in (True, False, "auto"):
+        raise ValueError(f"cuda_graph: expected True, False or 'auto', got {cuda_graph!r}")
     if warmup_ms < 0 or rep_ms < 0:
         raise ValueError(f"warmup_ms, rep_ms: must be >= 0, got {warmup_ms}, {rep_ms}")
     if not 1 <= min_reps <= max_reps:

@@ -64,6 +64,11 @@ class Results:
         return self.rows[self.rows["status"] != "ok"]
 
     @property
+    def interpreted(self) -> bool:
+        """True when any source ran under Triton's CPU interpreter (its times say nothing about a GPU)."""
+        return any(env.get("interpreter") in (True, "true", "True") for env in self.environments)
+
+    @property
     def synthetic(self) -> bool:
         """True when any source says it is synthetic sample data rather than a measurement."""
         return any("synthetic" in str(env.get("gpu", "")).lower() or env.get("synthetic") for env in self.environments)
@@ -265,6 +270,8 @@ def env_line(env: dict) -> str:
     for name in ("torch", "triton", "deltalab"):
         if env.get(name):
             pieces.append(f"{name} {env[name]}")
+    if env.get("interpreter") in (True, "true", "True"):
+        pieces.append("Triton CPU interpreter (not GPU timings)")
     if env.get("date"):
         pieces.append(str(env["date"])[:10])
     if env.get("git_commit"):
@@ -337,7 +344,7 @@ def load_tuned_export(path: PathLike) -> dict:
         )
         base = {k: v for k, v in entry.items() if not isinstance(v, dict) or k == "config"}
         if buckets is None:
-            rows.append(_tuned_row(base, entry.get("T", entry.get("T_bucket", entry.get("bucket")))))
+            rows.append(_tuned_row(base, entry.get("T_bucket", entry.get("bucket", entry.get("T")))))
             continue
         for bucket, info in buckets.items():
             info = info if isinstance(info, dict) else {"config": info}
@@ -357,6 +364,7 @@ def _tuned_row(entry: dict, bucket: Any) -> dict:
         "K": entry.get("K"),
         "V": entry.get("V"),
         "block_size": entry.get("block_size"),
+        "mode": entry.get("mode", ""),
         "T_bucket": bucket,
         "config": _config_string(entry.get("config")),
         "median_ms": entry.get("median_ms"),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from deltalab.harness.numerics import Inputs, random_inputs, rel_error, tolerance
 from deltalab.variants import block_diag_delta_rule, delta_rule, registry
-from deltalab.variants.dispatch import resolve
+from deltalab.variants.dispatch import resolve, rule_variant
 from deltalab.variants.registry import Problem, delta_rule_cost
 
 FAMILY = "block_diag"
@@ -35,11 +35,27 @@ def _problem(B=2, T=24, H=2, K=64, V=16, block=16, dtype=torch.float32, device="
     )
 
 
-def _run(name: str, inputs: Inputs, block_size: int, do: torch.Tensor, dht: torch.Tensor, op=block_diag_delta_rule):
+def _quick_config(name: str, problem: Problem, family: str = FAMILY):
+    """For a variant with a ``block_v`` setting (Triton, tiled over V): the widest allowed tile, so that the
+    interpreter runs few programs on CPU; None (the default config) otherwise."""
+    impl = registry.get(name, family)
+    if "block_v" not in impl.space or problem.device != "cpu":
+        return None
+    for block_v in sorted(impl.space["block_v"], reverse=True):
+        config = impl.full_config({"block_v": block_v})
+        if impl.config_reason(config, problem) is None:
+            return {"block_v": block_v}
+    return None
+
+
+def _run(name: str, inputs: Inputs, problem: Problem, do: torch.Tensor, dht: torch.Tensor, op=block_diag_delta_rule):
     """Run the op with a final state and backpropagate (do, dht); returns o, ht and the input grads."""
     leaves = [x.detach().clone().requires_grad_() for x in inputs.tensors()]
     q, k, v, beta, h0 = leaves
-    kwargs = {} if op is delta_rule else {"block_size": block_size}
+    if op is delta_rule:
+        kwargs = {"config": _quick_config(name, problem, "delta_rule")}
+    else:
+        kwargs = {"block_size": problem.block_size, "config": _quick_config(name, problem)}
     o, ht = op(
         q, k, v, beta, initial_state=h0, output_final_state=True, cu_seqlens=inputs.cu_seqlens,
         variant=name, **kwargs,
@@ -59,8 +75,8 @@ def _check_against_reference(name: str, problem: Problem, *, per_block_beta: boo
     inputs = random_inputs(problem, seed=seed, per_block_beta=per_block_beta)
     assert inputs.beta.dim() == (4 if per_block_beta else 3)
     do, dht = _cotangents(problem, seed)
-    got = _run(name, inputs, problem.block_size, do.to(problem.dtype), dht.float())
-    ref = _run("reference", inputs.to(torch.float64), problem.block_size, do, dht)
+    got = _run(name, inputs, problem, do.to(problem.dtype), dht.float())
+    ref = _run("reference", inputs.to(torch.float64), problem, do, dht)
     for key, want in ref.items():
         assert got[key].shape == want.shape, key
         err = rel_error(got[key], want)
@@ -108,22 +124,33 @@ def test_reference_gradcheck(per_block_beta):
 
 
 # ----------------------------------------------------------------------- fast variants vs reference
-# (dtype, K, block, per-block beta, T, H, V): cheap shapes; K = 512 as 4 blocks of 128 on a short sequence
+# (dtype, K, block, per-block beta, B, T, H, V, Triton too): the Triton variants run under the CPU
+# interpreter (slow), so they get the short ones; K = 512 as 4 blocks of 128 on a short sequence.
 CASES = [
-    (torch.float32, 64, 32, True, 40, 2, 32),
-    (torch.float32, 64, 32, False, 40, 2, 32),
-    (torch.float16, 64, 32, True, 40, 2, 32),
-    (torch.float16, 128, 64, False, 24, 1, 16),
-    (torch.float32, 128, 64, True, 24, 1, 16),
-    (torch.float32, 512, 128, True, 12, 1, 32),
+    (torch.float32, 64, 32, True, 2, 16, 1, 32, True),
+    (torch.float16, 64, 32, False, 1, 16, 2, 32, True),
+    (torch.float32, 128, 64, False, 1, 12, 1, 16, True),
+    (torch.float32, 512, 128, True, 1, 8, 1, 16, True),
+    (torch.float16, 128, 64, True, 1, 12, 1, 16, False),
+    (torch.float32, 64, 32, True, 2, 80, 2, 32, False),  # several chunks of torch_chunk's default 64
+    (torch.float16, 64, 16, True, 2, 80, 2, 32, False),
 ]
 
 
+def _case_id(case) -> str:
+    dtype, K, block, per_block, B, T, H, V, _ = case
+    beta = "beta_per_block" if per_block else "beta_shared"
+    return f"{str(dtype).replace('torch.', '')}-K{K}-block{block}-{beta}-B{B}T{T}H{H}V{V}"
+
+
 @pytest.mark.parametrize("name", FAST)
-@pytest.mark.parametrize("dtype,K,block,per_block,T,H,V", CASES, ids=lambda c: str(c).replace("torch.", ""))
-def test_matches_reference(name, dtype, K, block, per_block, T, H, V):
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_reference(name, case):
+    dtype, K, block, per_block, B, T, H, V, triton_too = case
     _require(name)
-    problem = _problem(B=2, T=T, H=H, K=K, V=V, block=block, dtype=dtype)
+    if registry.get(name, FAMILY).is_triton and not triton_too:
+        pytest.skip("long case: torch variants only (the Triton interpreter is slow)")
+    problem = _problem(B=B, T=T, H=H, K=K, V=V, block=block, dtype=dtype)
     _check_against_reference(name, problem, per_block_beta=per_block, seed=K + block + T)
 
 
@@ -131,17 +158,20 @@ def test_matches_reference(name, dtype, K, block, per_block, T, H, V):
 @pytest.mark.parametrize("per_block", [True, False])
 def test_varlen_matches_reference(name, per_block):
     _require(name)
-    problem = _problem(B=1, T=45, H=2, K=64, V=16, block=16, num_seqs=3)
+    if registry.get(name, FAMILY).is_triton and not per_block:
+        pytest.skip("shared beta covered above; the Triton interpreter is slow")
+    problem = _problem(B=1, T=21, H=1, K=64, V=16, block=16, num_seqs=3)
     _check_against_reference(name, problem, per_block_beta=per_block, seed=11)
 
 
 @pytest.mark.parametrize("name", FAST)
 def test_without_initial_or_final_state(name):
-    """No initial state: dh0 is not produced; no final state: None returned; o still matches."""
+    """No initial state and no final state: None returned, o still matches."""
     _require(name)
-    problem = _problem(T=20, K=64, V=16, block=32)
+    problem = _problem(B=1, T=12, K=64, V=16, block=32)
     x = random_inputs(problem, seed=2, initial_state=False, per_block_beta=True)
-    o, ht = block_diag_delta_rule(x.q, x.k, x.v, x.beta, block_size=32, variant=name)
+    o, ht = block_diag_delta_rule(x.q, x.k, x.v, x.beta, block_size=32, variant=name,
+                                  config=_quick_config(name, problem))
     assert ht is None
     x64 = x.to(torch.float64)
     ref, _ = block_diag_delta_rule(x64.q, x64.k, x64.v, x64.beta, block_size=32, variant="reference")
@@ -154,12 +184,12 @@ def test_block_size_equal_to_K_is_delta_rule(name):
     _require(name)
     if name not in registry.names("delta_rule"):
         pytest.skip(f"delta_rule variant {name!r} not registered")
-    problem = _problem(T=30, H=2, K=32, V=16, block=32)
+    problem = _problem(B=1, T=12, H=2, K=32, V=16, block=32)
     x = random_inputs(problem, seed=7)
-    assert x.beta.shape == (2, 30, 2)
+    assert x.beta.shape == (1, 12, 2)
     do, dht = _cotangents(problem, 7)
-    got = _run(name, x, 32, do.float(), dht.float())
-    want = _run(name, x, 32, do.float(), dht.float(), op=delta_rule)
+    got = _run(name, x, problem, do.float(), dht.float())
+    want = _run(name, x, problem, do.float(), dht.float(), op=delta_rule)
     for key in want:
         assert got[key].shape == want[key].shape, key
         torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-6, msg=key)
@@ -187,18 +217,23 @@ def test_qk_l2norm_normalises_each_block():
 def test_variant_accepts_shared_beta_directly(name):
     """Callers that reach a variant directly may pass a [B, T, H] beta; dbeta comes back in that shape."""
     _require(name)
-    problem = _problem(T=16, K=64, V=16, block=16)
+    problem = _problem(B=1, T=8, H=1, K=64, V=16, block=32)
     x = random_inputs(problem, seed=4)
     impl = registry.get(name, FAMILY)
-    args = dict(scale=0.25, initial_state=x.initial_state, cu_seqlens=None, config=impl.default_config, block_size=16)
+    config = impl.full_config(_quick_config(name, problem))
+    args = dict(scale=0.25, initial_state=x.initial_state, cu_seqlens=None, config=config, block_size=32)
     o, ht = impl.forward(x.q, x.k, x.v, x.beta, output_final_state=True, **args)
-    o_ref, ht_ref = impl.forward(x.q, x.k, x.v, x.beta[..., None].expand(2, 16, 2, 4), output_final_state=True, **args)
+    o_ref, ht_ref = impl.forward(x.q, x.k, x.v, x.beta[..., None].expand(1, 8, 1, 2), output_final_state=True, **args)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(ht, ht_ref)
-    do = torch.randn_like(o)
-    grads = impl.backward(x.q, x.k, x.v, x.beta, do=do, dfinal_state=torch.randn_like(ht), **args)
+    cotangents = dict(do=torch.randn_like(o), dfinal_state=torch.randn_like(ht))
+    grads = impl.backward(x.q, x.k, x.v, x.beta, **cotangents, **args)
     assert [tuple(g.shape) for g in grads] == [tuple(t.shape) for t in x.tensors()]
-    assert all(torch.isfinite(g).all() for g in grads)
+    per_block = impl.backward(x.q, x.k, x.v, x.beta[..., None].expand(1, 8, 1, 2).contiguous(), **cotangents, **args)
+    assert per_block[3].shape == (1, 8, 1, 2)
+    for got, want in zip(grads, per_block[:3] + (per_block[3].sum(-1),) + per_block[4:]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_wrapper_hands_kernels_contiguous_per_block_problems():
@@ -220,11 +255,11 @@ def test_wrapper_hands_kernels_contiguous_per_block_problems():
         seen.append(q.shape)
 
     def forward(q, k, v, beta, **kw):
-        check(q, k, v, beta, kw["initial_state"], 2 * 4, 16)
+        check(q, k, v, beta, kw["initial_state"], 1 * 4, 16)
         return base.forward(q, k, v, beta, **kw)
 
     def backward(q, k, v, beta, **kw):
-        check(q, k, v, beta, kw["initial_state"], 2 * 4, 16)
+        check(q, k, v, beta, kw["initial_state"], 1 * 4, 16)
         assert kw["do"].is_contiguous() and kw["do"].shape == v.shape
         return base.backward(q, k, v, beta, **kw)
 
@@ -241,7 +276,9 @@ def test_wrapper_hands_kernels_contiguous_per_block_problems():
         assert wrapped.config_reason({"chunk_size": 8}, ok) is None
         assert "K=64" in wrapped.config_reason({"chunk_size": 8}, _problem(K=1024, block=64))
         assert not block_module.register_block_variant("standin-missing")
-        _check_against_reference("standin", _problem(T=19, K=64, V=8, block=16), per_block_beta=True, seed=21)
+        # H = 1: v repeated per block must still be a real copy (a broadcast view has stride 0)
+        _check_against_reference("standin", _problem(T=19, H=1, K=64, V=8, block=16), per_block_beta=True, seed=21)
+        _check_against_reference("standin", _problem(T=19, H=1, K=64, V=8, block=16), per_block_beta=False, seed=22)
         assert len(seen) >= 2  # forward and backward both went through the stand-in
     finally:
         registry.unregister("standin", FAMILY)
@@ -309,10 +346,13 @@ def test_auto_dispatch_resolves_block_family():
     variant, config = resolve(FAMILY, "auto", None, cpu)
     assert variant.family == FAMILY and variant.name == "torch_chunk"
     assert config == variant.default_config
+    # the rule alone for a CUDA problem (resolve would look for tuning results of this machine's GPU)
     gpu = _problem(B=4, T=4096, K=1024, block=128, device="cuda", dtype=torch.bfloat16)
-    variant, _ = resolve(FAMILY, "auto", None, gpu)
     expected = "chunk" if "chunk" in registry.names(FAMILY) else "torch_chunk"
-    assert variant.name == expected
+    assert rule_variant(gpu, FAMILY) == expected
+    decoding = _problem(B=8, T=16, K=1024, block=128, device="cuda", dtype=torch.bfloat16)
+    if "recurrent" in registry.names(FAMILY):
+        assert rule_variant(decoding, FAMILY) == "recurrent"
     x = random_inputs(_problem(T=10, K=64, V=8, block=16), seed=8, per_block_beta=True)
     o_auto, _ = block_diag_delta_rule(x.q, x.k, x.v, x.beta, block_size=16)
     o_ref, _ = block_diag_delta_rule(x.q, x.k, x.v, x.beta, block_size=16, variant="reference")
@@ -330,6 +370,31 @@ def test_cost_counts_all_blocks():
     assert delta_rule_cost(p, 64).flops > delta_rule_cost(_problem(K=128, block=128), 64).flops
 
 
+def test_scaling_table_rows(monkeypatch):
+    """The GPU scaling-table helper, run on CPU with a stand-in timer: one row per (problem, variant)."""
+    import triton.testing
+
+    from deltalab.variants.block_diag import scaling_problems, scaling_table
+
+    calls = []
+
+    def fake_bench(fn, warmup=None, rep=None, grad_to_none=None):
+        fn()
+        calls.append(grad_to_none is not None)
+        return 2.0
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    problems = scaling_problems((32, 64), block_size=32, batch=1, seq_len=8, heads=1, value_dim=8, dtype=torch.float32)
+    assert [(p.K, p.num_blocks) for p in problems] == [(32, 1), (64, 2)]
+    rows = scaling_table(problems, variants=("torch_chunk", "missing"), device="cpu")
+    assert [(r["variant"], r["K"]) for r in rows] == [("torch_chunk", 32), ("missing", 32), ("torch_chunk", 64), ("missing", 64)]
+    timed = [r for r in rows if r["variant"] == "torch_chunk"]
+    assert all(r["fwd_ms"] == 2.0 and r["fwdbwd_ms"] == 2.0 and r["fwdbwd_tflops"] > r["fwd_tflops"] > 0 for r in timed)
+    assert timed[1]["fwd_tflops"] > timed[0]["fwd_tflops"]  # twice the blocks, twice the work, same time
+    assert all(r["skipped"] == "not registered" for r in rows if r["variant"] == "missing")
+    assert calls == [False, True, False, True]
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ("chunk", "recurrent"))
@@ -341,8 +406,8 @@ def test_gpu_bf16_large_key_dims(name, K, per_block):
     inputs = random_inputs(problem, seed=K, per_block_beta=per_block)
     do, dht = _cotangents(problem, K)
     do, dht = do.cuda(), dht.cuda()
-    got = _run(name, inputs, 128, do.to(torch.bfloat16), dht.float())
-    ref = _run("reference", inputs.to(torch.float64), 128, do, dht)
+    got = _run(name, inputs, problem, do.to(torch.bfloat16), dht.float())
+    ref = _run("reference", inputs.to(torch.float64), problem, do, dht)
     for key, want in ref.items():
         err = rel_error(got[key], want)
         tol = tolerance(torch.bfloat16, gradient=key not in ("o", "ht"))
@@ -361,8 +426,8 @@ def test_gpu_float_dtypes_varlen(dtype):
 def _check_gpu(name, problem):
     inputs = random_inputs(problem, seed=1, per_block_beta=True)
     do, dht = (t.cuda() for t in _cotangents(problem, 1))
-    got = _run(name, inputs, problem.block_size, do.to(problem.dtype), dht.float())
-    ref = _run("reference", inputs.to(torch.float64), problem.block_size, do, dht)
+    got = _run(name, inputs, problem, do.to(problem.dtype), dht.float())
+    ref = _run("reference", inputs.to(torch.float64), problem, do, dht)
     for key, want in ref.items():
         err = rel_error(got[key], want)
         tol = tolerance(problem.dtype, gradient=key not in ("o", "ht"))

@@ -163,7 +163,8 @@ def _state_from_blocks(state: Optional[torch.Tensor], heads: int) -> Optional[to
 def _repeat_per_block(x: torch.Tensor, num_blocks: int) -> torch.Tensor:
     """[B, T, H, V] -> [B, T, H*NB, V], x repeated for every block (a copy, contiguous)."""
     B, T, H, V = x.shape
-    return x.unsqueeze(3).expand(B, T, H, num_blocks, V).reshape(B, T, H * num_blocks, V)
+    # .contiguous() before the view: reshape alone may return a stride-0 view (H == 1), which kernels misread
+    return x.unsqueeze(3).expand(B, T, H, num_blocks, V).contiguous().view(B, T, H * num_blocks, V)
 
 
 def _sum_blocks(x: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -300,6 +301,7 @@ def scaling_table(
     backward: bool = True,
     warmup_ms: int = 25,
     rep_ms: int = 100,
+    device: str = "cuda",
 ) -> list[dict]:
     """Time the block variants on ``problems`` (default ``scaling_problems()``) on the current CUDA device.
 
@@ -316,7 +318,8 @@ def scaling_table(
 
     rows = []
     for problem in problems or scaling_problems():
-        inputs = random_inputs(problem, seed=0, device="cuda", per_block_beta=True)
+        problem = replace(problem, device=torch.device(device).type)
+        inputs = random_inputs(problem, seed=0, device=device, per_block_beta=True)
         for name in variants:
             row = {"variant": name, "K": problem.K, "block_size": problem.block_size, "problem": problem.describe()}
             rows.append(row)

@@ -1,0 +1,208 @@
+"""Variant "chunk": the chunkwise WY algorithm (UT transform) as Triton kernels, forward and backward.
+
+Forward, two kernels (../shared/deltanet.md):
+  1. chunk_intra.py  -- per (chunk, head), in parallel: A, Tm = (I + A)^{-1} in float32, W, U and
+                        Aqk = scale (Q K^T) (.) M, stored in the input dtype.
+  2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
+                        O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
+Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
+states and Vn are recomputed (memory linear in T):
+  1. chunk_intra.py again (W, U, Aqk);
+  2. chunk_state.py storing every chunk's entering state h_c and Vn (no output);
+  3. chunk_backward_state.py -- reverse scan: dh per chunk, dVn (= dU), the initial state's gradient;
+  4. chunk_backward_grads.py -- per chunk: dQ, dK (partial), dW;
+  5. chunk_backward_wy.py    -- per chunk: back through the UT transform: dK, dV, dbeta.
+
+Packed batches (cu_seqlens, B == 1): chunks never straddle sequences; the host builds the per-chunk
+token ranges and each sequence's first chunk index from cu_seqlens. Launch settings: chunk_config.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from .chunk_backward_grads import chunk_grads_kernel
+from .chunk_backward_state import chunk_state_bwd_kernel
+from .chunk_backward_wy import chunk_wy_bwd_kernel
+from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, resolve_plan
+from .chunk_intra import chunk_intra_fwd_kernel
+from .chunk_state import chunk_state_fwd_kernel
+from .common import triton_devices
+from .registry import Problem, delta_rule_cost, register
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where the chunks are: ``num_chunks`` over all sequences; for packed batches ``chunk_table``
+    (int32 [num_chunks, 2] of flat token ranges) and ``chunk_offsets`` (int32 [N], first chunk of each
+    sequence); None for fixed-length batches, whose chunks the kernels compute."""
+
+    num_seqs: int
+    num_chunks: int
+    chunk_table: Optional[torch.Tensor]
+    chunk_offsets: Optional[torch.Tensor]
+
+
+def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], chunk_size: int, device) -> ChunkLayout:
+    """The chunks of a call (see ``ChunkLayout``); packed batches read cu_seqlens on the host."""
+    if cu_seqlens is None:
+        return ChunkLayout(batch, batch * triton.cdiv(seq_len, chunk_size), None, None)
+    bounds = cu_seqlens.tolist()
+    table, offsets = [], []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        offsets.append(len(table) // 2)
+        for chunk_start in range(start, end, chunk_size):
+            table += [chunk_start, min(chunk_start + chunk_size, end)]
+    num_chunks = len(table) // 2
+    chunk_table = torch.tensor(table or [0, 0], dtype=torch.int32, device=device).view(-1, 2)
+    chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
+    return ChunkLayout(len(offsets), num_chunks, chunk_table, chunk_offsets)
+
+
+def _problem(q: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, varlen: bool) -> Problem:
+    B, T, H, K = q.shape
+    return Problem(B=B, T=T, H=H, K=K, V=v.shape[-1], dtype=q.dtype, num_seqs=layout.num_seqs, varlen=varlen,
+                   device=q.device.type)
+
+
+def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float):
+    """Stage 1: W [B,T,H,K], U [B,T,H,V], Aqk [B,T,H,C] in the input dtype."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    C = plan.chunk_size
+    w = torch.empty_like(k)
+    u = torch.empty_like(v)
+    aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
+    if layout.num_chunks:
+        launch = plan.intra
+        chunk_intra_fwd_kernel[(layout.num_chunks, H)](
+            q, k, v, beta, w, u, aqk, layout.chunk_table, T, scale,
+            H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
+            IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
+            num_warps=launch.warps, num_stages=launch.stages,
+        )
+    return w, u, aqk
+
+
+def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, scale: float, initial_state,
+          *, output: Optional[torch.Tensor], final_state: Optional[torch.Tensor],
+          states: Optional[torch.Tensor], v_new: Optional[torch.Tensor]) -> None:
+    """Stage 2 (forward scan): writes ``output`` and/or ``final_state``, or ``states`` and ``v_new``."""
+    B, T, H, K = k.shape
+    V = u.shape[-1]
+    launch = plan.state
+    grid = (triton.cdiv(V, launch.block_v), layout.num_seqs * H)
+    chunk_state_fwd_kernel[grid](
+        q, k, w, u, aqk, output, initial_state, final_state, states, v_new, cu_seqlens, layout.chunk_offsets, T, scale,
+        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
+        HAS_H0=initial_state is not None, STORE_HT=final_state is not None, COMPUTE_O=output is not None,
+        STORE_STATES=states is not None, IS_VARLEN=cu_seqlens is not None, PRECISION=plan.precision,
+        num_warps=launch.warps, num_stages=launch.stages,
+    )
+
+
+def _contiguous(*tensors):
+    """The kernels index dense [B*T, H, D] rows: direct callers (not through the op) may pass views."""
+    return [None if x is None else x.contiguous() for x in tensors]
+
+
+def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu_seqlens, config, block_size):
+    q, k, v, beta, initial_state = _contiguous(q, k, v, beta, initial_state)
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    layout = chunk_layout(B, T, cu_seqlens, config["chunk_size"], q.device)
+    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
+    final_state = (
+        torch.empty(layout.num_seqs, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
+    )
+    o = torch.empty_like(v)
+    if T == 0:
+        if final_state is not None:
+            final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
+        return o, final_state
+    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+    _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
+          output=o, final_state=final_state, states=None, v_new=None)
+    return o, final_state
+
+
+def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
+    q, k, v, beta, initial_state, do, dfinal_state = _contiguous(q, k, v, beta, initial_state, do, dfinal_state)
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    C = config["chunk_size"]
+    layout = chunk_layout(B, T, cu_seqlens, C, q.device)
+    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
+    is_varlen = cu_seqlens is not None
+    dh0 = None if initial_state is None else torch.empty_like(initial_state, dtype=torch.float32)
+    if T == 0 or layout.num_chunks == 0:
+        if dh0 is not None:
+            dh0.copy_(dfinal_state if dfinal_state is not None else torch.zeros_like(dh0))
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(beta), dh0
+
+    # B1, B2: recompute W, U, Aqk, then every chunk's entering state (input dtype, as the products use
+    # it) and Vn
+    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+    states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
+    v_new = torch.empty_like(v)
+    _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
+          output=None, final_state=None, states=states, v_new=v_new)
+
+    # B3: reverse scan
+    dstates = torch.empty_like(states)
+    dv_new = torch.empty_like(v)
+    launch = plan.state_bwd
+    chunk_state_bwd_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * H)](
+        q, k, w, aqk, do, dfinal_state, dh0, dstates, dv_new, cu_seqlens, layout.chunk_offsets, T, scale,
+        H=H, K=K, V=V, C=C, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
+        HAS_DHT=dfinal_state is not None, STORE_DH0=dh0 is not None, IS_VARLEN=is_varlen, PRECISION=plan.precision,
+        num_warps=launch.warps, num_stages=launch.stages,
+    )
+
+    # B4: dQ, partial dK, dW per chunk
+    dq = torch.empty_like(q)
+    dk_partial = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dw = torch.empty_like(k)
+    launch = plan.grads
+    chunk_grads_kernel[(layout.num_chunks, H)](
+        q, k, v_new, dv_new, do, states, dstates, dq, dk_partial, dw, layout.chunk_table, T, scale,
+        H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
+        PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
+    )
+
+    # B5: back through the UT transform
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    dbeta = torch.empty_like(beta)
+    launch = plan.wy
+    chunk_wy_bwd_kernel[(layout.num_chunks, H)](
+        k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, layout.chunk_table, T,
+        H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
+        PRECISION=plan.precision, INV_PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
+    )
+    return dq, dk, dv, dbeta, dh0
+
+
+def _cost(problem: Problem, config: dict):
+    return delta_rule_cost(problem, config["chunk_size"])
+
+
+register(
+    "chunk",
+    backward=chunk_backward,
+    description="chunkwise WY (UT transform) in Triton: intra-chunk kernel + state scan with fused output",
+    dtypes=(torch.float32, torch.float16, torch.bfloat16),
+    devices=triton_devices(),
+    min_head_dim=16,
+    max_head_dim=256,
+    varlen=True,
+    space=SPACE,
+    default_config=DEFAULT_CONFIG,
+    constraints=constraints,
+    cost=_cost,
+    is_triton=True,
+)(chunk_forward)

@@ -1,0 +1,242 @@
+"""Launch settings of variant "chunk": the tunable space, the automatic choices, resource checks.
+
+Every kernel's launch settings are flat config keys. A tile/warps/stages key set to 0 means "automatic":
+``resolve_plan`` picks it from the problem (the H200 guesses below); a tuner sets explicit values.
+
+    chunk_size          C, tokens per chunk: 16, 32, 64, 128
+    input_precision     how float32 operands enter tl.dot: "ieee" (exact FMA), "tf32x3" (three tf32
+                        products, ~float32 accurate, tensor cores), "tf32" (fast, 10-bit mantissa).
+                        Applies to every product of float32 inputs and, for every dtype, to the float32
+                        products of the triangular inverse (block merges) and of its backward (dA).
+    block_intra         key/value tile of the intra-chunk kernel's loops (A blocks, W, U)
+    warps_intra, stages_intra
+    block_v             V tile per program of the forward state scan (splits V over programs when
+                        sequences x heads are few); warps_state, stages_state
+    block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
+    block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
+    block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
+
+``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
+(power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .registry import Config, Problem
+
+CHUNK_SIZES = (16, 32, 64, 128)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+_TILES = (0, 16, 32, 64, 128)
+_WARPS = (0, 1, 2, 4, 8, 16)
+_STAGES = (0, 1, 2, 3, 4)
+
+SPACE: dict[str, tuple] = {
+    "chunk_size": CHUNK_SIZES,
+    "input_precision": PRECISIONS,
+    "block_intra": _TILES,
+    "warps_intra": _WARPS,
+    "stages_intra": _STAGES,
+    "block_v": _TILES,
+    "warps_state": _WARPS,
+    "stages_state": _STAGES,
+    "block_v_bwd": _TILES,
+    "warps_state_bwd": _WARPS,
+    "stages_state_bwd": _STAGES,
+    "block_k_grads": _TILES,
+    "block_v_grads": _TILES,
+    "warps_grads": _WARPS,
+    "stages_grads": _STAGES,
+    "block_wy": _TILES,
+    "warps_wy": _WARPS,
+    "stages_wy": _STAGES,
+}
+
+DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee")
+
+# H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
+_DEFAULT_SMS = 132
+_DEFAULT_SMEM = 232448
+_MAX_REGS = 255  # 32-bit registers per thread
+
+
+@functools.lru_cache(maxsize=None)
+def device_limits() -> tuple[int, int]:
+    """(SM count, shared memory bytes per block) of the current CUDA device, else H200 figures."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        smem = getattr(props, "shared_memory_per_block_optin", 0) or _DEFAULT_SMEM
+        return props.multi_processor_count, int(smem)
+    return _DEFAULT_SMS, _DEFAULT_SMEM
+
+
+def padded(dim: int) -> int:
+    """The power-of-two register tile covering ``dim`` (at least 16: tl.dot's minimum)."""
+    return max(16, 1 << (dim - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel's tiles and launch settings."""
+
+    block_k: int
+    block_v: int
+    warps: int
+    stages: int
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Everything the launchers need, resolved from a config and a problem."""
+
+    chunk_size: int
+    precision: str
+    key_tile: int  # padded K: the scans hold the whole key dimension of the state
+    intra: Launch
+    state: Launch
+    state_bwd: Launch
+    grads: Launch
+    wy: Launch
+
+
+def _pipelined(stages: int, tiles: list[int]) -> int:
+    """Shared memory of a loop's dot operands: all of them per stage when pipelined, else the largest
+    (Triton reuses one buffer when nothing is prefetched)."""
+    return sum(tiles) * stages if stages > 1 else max(tiles)
+
+
+def _levels(chunk_size: int) -> int:
+    return (chunk_size // 16).bit_length() - 1  # merges 16 -> ... -> chunk_size
+
+
+def _intra_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """(shared bytes, registers per thread) of the intra-chunk kernel (the A blocks load to registers;
+    the pipelined operands are the q / k^T tiles of Aqk and the k / v tiles of W and U)."""
+    loop = [isz * C * max(bk, bv)] * 2
+    smem = _pipelined(stages, loop) + 2 * isz * C * C
+    regs = 2.5 * C * C / (32 * warps)  # Tm, Aqk and the A blocks in float32
+    return smem, regs
+
+
+def _state_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """Forward scan: W, Q, K^T, U and Aqk tiles per chunk step; the state slice in registers."""
+    loop = [isz * C * BK] * 3 + [isz * C * bv, isz * C * C]
+    smem = _pipelined(stages, loop) + isz * (BK * bv + C * bv)
+    regs = (BK * bv + 2 * C * bv + 2 * C * BK * isz / 4) / (32 * warps)
+    return smem, regs
+
+
+def _state_bwd_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    loop = [isz * C * BK] * 3 + [isz * C * bv, isz * C * C]
+    smem = _pipelined(stages, loop) + isz * (BK * bv + C * bv)
+    regs = (BK * bv + C * bv + C * BK * isz / 4) / (32 * warps)
+    return smem, regs
+
+
+def _grads_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    loop = [isz * C * bv] * 3 + [isz * bk * bv] * 2
+    smem = _pipelined(stages, loop) + isz * (C * C + 2 * C * bk)
+    regs = (3 * C * bk + C * C) / (32 * warps)
+    return smem, regs
+
+
+def _wy_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    loop = [isz * C * max(bk, bv)] * 2 + [4 * C * bk]  # dW/dU, k/v and the float32 partial dK
+    smem = _pipelined(stages, loop) + isz * 2 * C * C  # Tm and dA as dot operands
+    regs = (3 * C * C + 2 * C * bk) / (32 * warps)
+    return smem, regs
+
+
+def _auto_warps(needs, C: int, bk: int, bv: int, isz: int, least: int) -> int:
+    """The fewest warps (>= ``least``, of 4, 8, 16) whose register estimate fits; 16 if none does."""
+    for warps in (4, 8, 16):
+        if warps >= least and needs(C, bk, bv, isz, 1, warps)[1] <= _MAX_REGS:
+            return warps
+    return 16
+
+
+def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
+    """Two stages (prefetch the next tile) when they fit in shared memory, else one."""
+    _, smem_limit = device_limits()
+    return 2 if needs(C, bk, bv, isz, 2, warps)[0] <= smem_limit else 1
+
+
+def _auto_block_v(num_programs_per_tile: int, value_tile: int) -> int:
+    """The widest V tile (<= 64) that still gives every SM a scan program; 16 at least."""
+    sms, _ = device_limits()
+    for block in (64, 32):
+        if block <= value_tile and num_programs_per_tile * -(-value_tile // block) >= sms:
+            return block
+    return min(16, value_tile)
+
+
+def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
+    """Concrete tiles, warps and stages for ``problem`` (0 = automatic choices resolved here)."""
+    C = config["chunk_size"]
+    BK, BV = padded(problem.K), padded(problem.V)
+    isz = problem.itemsize
+    least = 8 if C >= 128 else 4  # [C, C] float32 tiles of 128 x 128 want 8 warps
+    # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
+    # float32 tiles -- intra, grads, WY -- spill at 4 warps from C = 64 on, measured with ptxas for sm_90)
+
+    def launch(needs, bk: int, bv: int, warps_key: str, stages_key: str, fewest: int = least) -> Launch:
+        warps = config[warps_key] or _auto_warps(needs, C, bk, bv, isz, fewest)
+        stages = config[stages_key] or _auto_stages(needs, C, bk, bv, isz, warps)
+        return Launch(bk, bv, warps, stages)
+
+    block = config["block_intra"] or (64 if C <= 64 else 32)
+    intra = launch(_intra_needs, min(block, BK), min(block, BV), "warps_intra", "stages_intra", 8 if C >= 64 else 4)
+    programs = problem.num_seqs * problem.H
+    state = launch(_state_needs, BK, config["block_v"] or _auto_block_v(programs, BV), "warps_state", "stages_state")
+    state_bwd = launch(_state_bwd_needs, BK, config["block_v_bwd"] or _auto_block_v(programs, BV),
+                       "warps_state_bwd", "stages_state_bwd")
+    grads = launch(_grads_needs, config["block_k_grads"] or min(BK, 64), config["block_v_grads"] or min(BV, 64),
+                   "warps_grads", "stages_grads", 8 if C >= 64 else 4)
+    block = config["block_wy"] or (64 if C <= 64 else 32)
+    wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
+    return ChunkPlan(C, config["input_precision"], BK, intra, state, state_bwd, grads, wy)
+
+
+def constraints(config: Config, problem: Problem) -> Optional[str]:
+    """Why ``config`` cannot run ``problem`` (None when it can): checked before anything compiles."""
+    BK, BV = padded(problem.K), padded(problem.V)
+    for key, limit, what in (
+        ("block_intra", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
+        ("block_wy", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
+        ("block_v", BV, f"V={problem.V} padded to {BV}"),
+        ("block_v_bwd", BV, f"V={problem.V} padded to {BV}"),
+        ("block_k_grads", BK, f"K={problem.K} padded to {BK}"),
+        ("block_v_grads", BV, f"V={problem.V} padded to {BV}"),
+    ):
+        if config.get(key, 0) > limit:
+            return f"tile {key}={config[key]} exceeds {what}"
+    plan = resolve_plan(config, problem)
+    C, isz = plan.chunk_size, problem.itemsize
+    _, smem_limit = device_limits()
+    checks = (
+        ("intra-chunk kernel", "intra", _intra_needs(C, plan.intra.block_k, plan.intra.block_v, isz, plan.intra.stages, plan.intra.warps)),
+        ("state scan", "state", _state_needs(C, BK, plan.state.block_v, isz, plan.state.stages, plan.state.warps)),
+        ("reverse state scan", "state_bwd",
+         _state_bwd_needs(C, BK, plan.state_bwd.block_v, isz, plan.state_bwd.stages, plan.state_bwd.warps)),
+        ("gradient kernel", "grads", _grads_needs(C, plan.grads.block_k, plan.grads.block_v, isz, plan.grads.stages, plan.grads.warps)),
+        ("WY backward", "wy", _wy_needs(C, plan.wy.block_k, plan.wy.block_v, isz, plan.wy.stages, plan.wy.warps)),
+    )
+    for name, suffix, (smem, regs) in checks:
+        launch = getattr(plan, suffix)
+        if smem > smem_limit:
+            return (
+                f"{name} needs ~{smem // 1024} KB shared memory (chunk_size={C}, stages={launch.stages}, "
+                f"tiles {launch.block_k}x{launch.block_v}) > {smem_limit // 1024} KB; lower stages, tiles or chunk_size"
+            )
+        if regs > _MAX_REGS:
+            return (
+                f"{name} needs ~{int(regs)} registers per thread with {launch.warps} warps (chunk_size={C}, "
+                f"tiles {launch.block_k}x{launch.block_v}) > {_MAX_REGS}; use more warps or smaller tiles"
+            )
+    return None
