@@ -12,7 +12,9 @@ shows up), NaN/Inf always failing.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 
 import pytest
@@ -211,14 +213,51 @@ def test_chunk_layout_keeps_chunks_inside_sequences():
     assert fixed.num_chunks == 3 * 4 and fixed.chunk_table is None
 
 
+def test_default_plan_compiles_for_sm90_without_spills():
+    """The interpreter never compiles: compile every kernel of the default bf16 plan (chunk 64,
+    D = 128, the issue's shape) for sm_90 with Triton's bundled ptxas, and require that each fits the
+    H100/H200 shared memory and spills no registers (spills are what turn a scan latency-bound)."""
+    import subprocess
+    import sys
+
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
+        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "128", "--V", "128",
+         "--chunk-size", "64"], capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) == {"intra", "state", "state_recompute", "state_bwd", "grads", "wy"}
+    for name, usage in report.items():
+        assert usage["shared_bytes"] <= 232448, (name, usage)
+        assert usage["spill_bytes"] == 0, (name, usage)
+        assert 0 < usage["registers"] <= 255, (name, usage)
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 GPU_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+GPU_CASES = [
+    # dtype, chunk, K, V: every chunk size in bf16; fp16/fp32 at two chunk sizes; odd and wide dims
+    (torch.bfloat16, 16, 128, 128),
+    (torch.bfloat16, 32, 64, 100),
+    (torch.bfloat16, 64, 128, 128),
+    (torch.bfloat16, 128, 128, 128),
+    (torch.bfloat16, 64, 256, 48),
+    (torch.float16, 64, 64, 100),
+    (torch.float16, 128, 256, 256),
+    (torch.float32, 32, 128, 128),
+    (torch.float32, 64, 100, 256),
+]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
-@pytest.mark.parametrize("K, V", [(128, 128), (64, 100), (256, 48)])
+@pytest.mark.parametrize("dtype, chunk_size, K, V", GPU_CASES,
+                         ids=[f"{str(c[0])[6:]}-c{c[1]}-K{c[2]}-V{c[3]}" for c in GPU_CASES])
 def test_gpu_matches_reference(poisoned_empty, dtype, chunk_size, K, V):
     problem = Problem(B=2, T=500, H=3, K=K, V=V, dtype=dtype, device="cuda")
     check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee"})
@@ -242,7 +281,7 @@ def test_gpu_sampled_configs(dtype):
     inputs = random_inputs(problem, seed=2, device="cuda")
     ref = run_op("reference", inputs.to(torch.float64))
     checked = 0
-    while checked < 10:
+    while checked < 6:
         config = {key: rng.choice(values) for key, values in variant.space.items()}
         if dtype != torch.float32:
             config["input_precision"] = rng.choice(["ieee", "tf32x3"])

@@ -1,0 +1,120 @@
+"""Ahead-of-time compile of variant "chunk"'s kernels for a CUDA target, without a GPU.
+
+Triton compiles to a cubin with its bundled ptxas; ``cuobjdump --dump-resource-usage`` then tells each
+kernel's registers per thread and spill bytes (stack + local memory), and the compiler's metadata its
+shared memory. This checks launch plans on a machine without a GPU (CI, a tuner pre-filter): a kernel
+that fails to compile, overflows shared memory or spills shows up here.
+
+TRITON_INTERPRET must be unset when triton is imported (the interpreter replaces the kernels), so run it
+in its own process:
+
+    python -m deltalab.variants.chunk_aot --dtype bfloat16 --K 128 --V 128 --chunk-size 64
+
+Output: one JSON object {kernel: {"registers", "spill_bytes", "shared_bytes"}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+
+_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+
+
+def _kernels(plan, problem):
+    """(name, kernel, pointer types that differ from the input dtype's, scalar types, constexprs, launch)."""
+    from .chunk_backward_grads import chunk_grads_kernel
+    from .chunk_backward_state import chunk_state_bwd_kernel
+    from .chunk_backward_wy import chunk_wy_bwd_kernel
+    from .chunk_intra import chunk_intra_fwd_kernel
+    from .chunk_state import chunk_state_fwd_kernel
+
+    common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
+    ints = {"chunk_table": "*i32", "cu_seqlens": "*i32", "chunk_offsets": "*i32"}
+    f32 = lambda *names: {n: "*fp32" for n in names}  # noqa: E731
+    scalars = {"T": "i32", "scale": "fp32"}
+    pr = plan.precision
+    scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
+    return [
+        ("intra", chunk_intra_fwd_kernel, ints, scalars,
+         dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr), plan.intra),
+        ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
+         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
+        ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
+         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=False, COMPUTE_O=False, STORE_STATES=True), plan.state),
+        ("state_bwd", chunk_state_bwd_kernel, {**ints, **f32("dht", "dh0")}, scalars,
+         dict(scan, BLOCK_V=plan.state_bwd.block_v, HAS_DHT=True, STORE_DH0=True), plan.state_bwd),
+        ("grads", chunk_grads_kernel, {**ints, **f32("dk_partial")}, scalars,
+         dict(common, BLOCK_K=plan.grads.block_k, BLOCK_V=plan.grads.block_v, PRECISION=pr), plan.grads),
+        ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial")}, {"T": "i32"},
+         dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr), plan.wy),
+    ]
+
+
+def compile_report(config: dict, problem, arch: int = 90) -> dict:
+    """Compile every kernel of ``config`` (a full config) on ``problem`` for sm_``arch``; their resources."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .chunk_config import resolve_plan
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("chunk_aot: TRITON_INTERPRET=1 replaces the kernels; run in a process without it")
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    plan = resolve_plan(config, problem)
+    target = GPUTarget("cuda", arch, 32)
+    report = {}
+    for name, fn, pointer_types, scalars, constexprs, launch in _kernels(plan, problem):
+        constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+        signature = {}
+        for arg in fn.arg_names:
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg in scalars:
+                signature[arg] = scalars[arg]
+            else:
+                signature[arg] = pointer_types.get(arg, _PTR[problem.dtype])
+        # a real launch specialises 16-byte aligned pointers; without it no load is vectorised
+        attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names) if signature[arg].startswith("*")}
+        kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
+                                options={"num_warps": launch.warps, "num_stages": launch.stages})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                   check=True).stdout
+        field = lambda key: int(re.search(key + r":(\d+)", usage).group(1))  # noqa: E731
+        report[name] = {"registers": field("REG"), "spill_bytes": field("STACK") + field("LOCAL"),
+                        "shared_bytes": int(kernel.metadata.shared)}
+    return report
+
+
+def main(argv=None) -> None:
+    from .chunk_config import DEFAULT_CONFIG
+    from .registry import Problem
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--K", type=int, default=128)
+    parser.add_argument("--V", type=int, default=128)
+    parser.add_argument("--H", type=int, default=16)
+    parser.add_argument("--T", type=int, default=16384)
+    parser.add_argument("--B", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--config", default="{}", help="JSON: config keys over the default")
+    parser.add_argument("--arch", type=int, default=90)
+    args = parser.parse_args(argv)
+    problem = Problem(B=args.B, T=args.T, H=args.H, K=args.K, V=args.V, dtype=getattr(torch, args.dtype))
+    config = dict(DEFAULT_CONFIG, chunk_size=args.chunk_size, **json.loads(args.config))
+    print(json.dumps(compile_report(config, problem, args.arch)))
+
+
+if __name__ == "__main__":
+    main()
