@@ -238,6 +238,8 @@ def sweep_command(
     hd: int | None = typer.Option(None, "--hd", help="H * D, H at least 1 (default 2048; CPU 16)."),
     family: str = typer.Option("delta_rule", help="delta_rule or block_diag."),
     block_size: int | None = typer.Option(None, "--block-size", help="Key block of the block_diag family (default: K)."),
+    value_dim: int | None = typer.Option(None, "--V", help="Fix the value head dim V (default: V = K = D)."),
+    heads: int | None = typer.Option(None, "--H", help="Fix the number of heads H (default: H = hd // D)."),
     out: str | None = typer.Option(None, "--out", help="Output folder (default: out/sweep-<date>)."),
     baseline: str | None = typer.Option(None, help="Variant the summary's speed-ups are against (default: recurrent, else the first)."),
     warmup_ms: float | None = typer.Option(None, help="Warm-up per item, ms (default 25; CPU 0)."),
@@ -275,7 +277,7 @@ def sweep_command(
         dtype_list = [sweep.parse_dtype(d) for d in _split_csv(dtypes)] or [torch.bfloat16 if on_gpu else torch.float32]
         lens = [sweep.parse_size(t) for t in _split_csv(seq_lens)]
         dims = [sweep.parse_size(d) for d in _split_csv(head_dims)]
-        custom = bool(lens or dims or tokens or hd or block_size)
+        custom = bool(lens or dims or tokens or hd or block_size or value_dim or heads)
         if quick and not custom:
             shapes = sweep.quick_grid(on_gpu)
         elif on_gpu and not custom:
@@ -287,6 +289,8 @@ def sweep_command(
                 tokens=tokens or (sweep.PAPER_TOKENS if on_gpu else sweep.CPU_TOKENS),
                 hd=hd or (sweep.PAPER_HD if on_gpu else sweep.CPU_HD),
                 block_size=block_size,
+                value_dim=value_dim,
+                heads=heads,
             )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")

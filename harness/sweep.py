@@ -77,16 +77,20 @@ def grid(
     tokens: int,
     hd: int,
     block_size: Optional[int] = None,
+    value_dim: Optional[int] = None,
+    heads: Optional[int] = None,
 ) -> list[Shape]:
     """Shapes at fixed total tokens and H*D: for each head dim D (K = V = D) and length T,
     B = max(1, tokens // T) and H = max(1, hd // D). ``block_size`` (block-diagonal family) must
-    divide every D."""
+    divide every D. ``value_dim`` and ``heads`` fix V and H instead (e.g. the block-diagonal scaling
+    table: K grows at fixed V and H)."""
     shapes = []
     for D in head_dims:
         if block_size is not None and D % block_size:
             raise ValueError(f"block_size: {block_size} does not divide the head dim D={D}")
         for T in seq_lens:
-            shapes.append(Shape(B=max(1, tokens // T), T=T, H=max(1, hd // D), K=D, V=D, block_size=block_size))
+            H = heads or max(1, hd // D)
+            shapes.append(Shape(B=max(1, tokens // T), T=T, H=H, K=D, V=value_dim or D, block_size=block_size))
     return shapes
 
 

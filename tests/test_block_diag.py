@@ -370,31 +370,6 @@ def test_cost_counts_all_blocks():
     assert delta_rule_cost(p, 64).flops > delta_rule_cost(_problem(K=128, block=128), 64).flops
 
 
-def test_scaling_table_rows(monkeypatch):
-    """The GPU scaling-table helper, run on CPU with a stand-in timer: one row per (problem, variant)."""
-    import triton.testing
-
-    from deltalab.variants.block_diag import scaling_problems, scaling_table
-
-    calls = []
-
-    def fake_bench(fn, warmup=None, rep=None, grad_to_none=None):
-        fn()
-        calls.append(grad_to_none is not None)
-        return 2.0
-
-    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
-    problems = scaling_problems((32, 64), block_size=32, batch=1, seq_len=8, heads=1, value_dim=8, dtype=torch.float32)
-    assert [(p.K, p.num_blocks) for p in problems] == [(32, 1), (64, 2)]
-    rows = scaling_table(problems, variants=("torch_chunk", "missing"), device="cpu")
-    assert [(r["variant"], r["K"]) for r in rows] == [("torch_chunk", 32), ("missing", 32), ("torch_chunk", 64), ("missing", 64)]
-    timed = [r for r in rows if r["variant"] == "torch_chunk"]
-    assert all(r["fwd_ms"] == 2.0 and r["fwdbwd_ms"] == 2.0 and r["fwdbwd_tflops"] > r["fwd_tflops"] > 0 for r in timed)
-    assert timed[1]["fwd_tflops"] > timed[0]["fwd_tflops"]  # twice the blocks, twice the work, same time
-    assert all(r["skipped"] == "not registered" for r in rows if r["variant"] == "missing")
-    assert calls == [False, True, False, True]
-
-
 # ------------------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ("chunk", "recurrent"))
@@ -434,13 +409,3 @@ def _check_gpu(name, problem):
         assert err <= tol, f"{name} {problem.describe()} {key}: relative error {err:.2e} > {tol:.0e}"
 
 
-@pytest.mark.gpu
-def test_gpu_scaling_table_runs():
-    from deltalab.variants.block_diag import scaling_problems, scaling_table
-
-    problems = scaling_problems((128, 512), seq_len=256, batch=2)
-    rows = scaling_table(problems, variants=("chunk", "recurrent"), warmup_ms=1, rep_ms=5)
-    assert len(rows) == 4
-    for row in rows:
-        if "skipped" not in row:
-            assert row["fwd_ms"] > 0 and row["fwdbwd_ms"] > 0

@@ -160,13 +160,20 @@ def test_registered_with_its_space():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_default_config_valid_for_every_supported_shape(dtype):
+    """Automatic settings fit every head dim for chunks up to 64; chunk 128 fits 16-bit K <= 128 and is
+    otherwise refused for shared memory (the scans hold [128, K] tiles; measured with ptxas)."""
     for chunk_size in SPACE["chunk_size"]:
         for K in (16, 48, 128, 200, 256):
             for V in (16, 100, 256):
                 for B, T, H in ((1, 16384, 16), (8, 2048, 32), (1, 64, 1)):
                     problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=dtype)
                     config = dict(DEFAULT_CONFIG, chunk_size=chunk_size)
-                    assert constraints(config, problem) is None, (problem.describe(), chunk_size)
+                    reason = constraints(config, problem)
+                    if chunk_size <= 64 or (dtype != torch.float32 and K <= 128):
+                        assert reason is None, (problem.describe(), chunk_size, reason)
+                    elif reason is not None:
+                        assert "shared memory" in reason, reason
+                        continue
                     plan = resolve_plan(config, problem)
                     assert plan.key_tile == padded(K) >= K
                     assert plan.state.block_v <= padded(V) and plan.grads.block_k <= padded(K)
@@ -185,6 +192,7 @@ def test_automatic_block_v_splits_v_when_programs_are_few():
         ({"block_v": 128}, Problem(B=1, T=64, H=1, K=64, V=48), "block_v=128 exceeds V=48"),
         ({"block_k_grads": 64}, Problem(B=1, T=64, H=1, K=32, V=64), "block_k_grads=64 exceeds K=32"),
         ({"chunk_size": 128, "stages_state": 4}, Problem(B=1, T=64, H=1, K=256, V=256), "shared memory"),
+        ({"chunk_size": 128}, Problem(B=1, T=64, H=1, K=256, V=256), "state scan needs ~240 KB"),
         ({"chunk_size": 128, "warps_wy": 1}, Problem(B=1, T=64, H=1, K=64, V=64), "registers"),
     ],
 )
@@ -249,7 +257,7 @@ GPU_CASES = [
     (torch.bfloat16, 128, 128, 128),
     (torch.bfloat16, 64, 256, 48),
     (torch.float16, 64, 64, 100),
-    (torch.float16, 128, 256, 256),
+    (torch.float16, 128, 128, 256),
     (torch.float32, 32, 128, 128),
     (torch.float32, 64, 100, 256),
 ]

@@ -38,8 +38,8 @@ Registered here:
   128), varlen, tunable ``space``, ``default_config`` and ``constraints`` (evaluated on the per-block
   problem the kernel actually sees). A wrapper is registered only when its underlying variant is.
 
-At the end: ``scaling_problems`` and ``scaling_table`` time the Triton variants as K grows at a fixed
-block size (for the GPU scaling table).
+The K-scaling table (K = 128 ... 1024 at a fixed block size) is a harness sweep:
+``deltalab sweep --family block_diag --block-size 128 --D 128,256,512,1024 --V 128 --H 4``.
 """
 
 from __future__ import annotations
@@ -274,90 +274,3 @@ def register_block_variant(name: str, base_name: Optional[str] = None) -> bool:
 
 for _name in WRAPPED:
     register_block_variant(_name)
-
-
-# ------------------------------------------------------------------------------- GPU scaling table
-def scaling_problems(
-    key_dims: tuple[int, ...] = (128, 256, 512, 1024),
-    block_size: int = 128,
-    *,
-    batch: int = 4,
-    seq_len: int = 4096,
-    heads: int = 4,
-    value_dim: int = 128,
-    dtype: torch.dtype = torch.bfloat16,
-) -> list[Problem]:
-    """The problems of the K-scaling table: K grows at a fixed block size (NB = K / block_size blocks)."""
-    return [
-        Problem(B=batch, T=seq_len, H=heads, K=K, V=value_dim, dtype=dtype, block_size=min(block_size, K))
-        for K in key_dims
-    ]
-
-
-def scaling_table(
-    problems: Optional[list[Problem]] = None,
-    variants: tuple[str, ...] = ("chunk", "recurrent"),
-    *,
-    backward: bool = True,
-    warmup_ms: int = 25,
-    rep_ms: int = 100,
-    device: str = "cuda",
-) -> list[dict]:
-    """Time the block variants on ``problems`` (default ``scaling_problems()``) on the current CUDA device.
-
-    One row per (problem, variant): forward ms and, with ``backward``, forward+backward ms (median of
-    ``triton.testing.do_bench`` after one untimed call), with the cost model's TFLOP/s. Through the public
-    op, with a returned final state and an initial state. Rows of variants that are not registered or
-    cannot run a problem carry the reason instead of times.
-    """
-    import triton.testing
-
-    from deltalab.harness.numerics import random_inputs
-
-    from .op import block_diag_delta_rule
-
-    rows = []
-    for problem in problems or scaling_problems():
-        problem = replace(problem, device=torch.device(device).type)
-        inputs = random_inputs(problem, seed=0, device=device, per_block_beta=True)
-        for name in variants:
-            row = {"variant": name, "K": problem.K, "block_size": problem.block_size, "problem": problem.describe()}
-            rows.append(row)
-            if name not in registry.names(FAMILY):
-                row["skipped"] = "not registered"
-                continue
-            variant = registry.get(name, FAMILY)
-            reason = variant.unsupported_reason(problem)
-            if reason is not None:
-                row["skipped"] = reason
-                continue
-            leaves = [x.detach().clone().requires_grad_() for x in inputs.tensors()]
-
-            def run(grad: bool):
-                q, k, v, beta, h0 = leaves
-                with torch.set_grad_enabled(grad):
-                    o, ht = block_diag_delta_rule(
-                        q, k, v, beta, block_size=problem.block_size, initial_state=h0,
-                        output_final_state=True, variant=name,
-                    )
-                    if grad:
-                        torch.autograd.backward((o, ht), (do, dht))
-
-            with torch.no_grad():
-                o, ht = block_diag_delta_rule(
-                    *inputs.tensors()[:4], block_size=problem.block_size, initial_state=inputs.initial_state,
-                    output_final_state=True, variant=name,
-                )
-            do, dht = torch.randn_like(o), torch.randn_like(ht)
-            config = variant.default_config
-            fwd_ms = triton.testing.do_bench(lambda: run(False), warmup=warmup_ms, rep=rep_ms)
-            row["fwd_ms"] = fwd_ms
-            row["fwd_tflops"] = variant.cost(problem, config).flops / fwd_ms / 1e9
-            if backward and variant.supports_backward:
-                bwd_ms = triton.testing.do_bench(lambda: run(True), warmup=warmup_ms, rep=rep_ms, grad_to_none=leaves)
-                row["fwdbwd_ms"] = bwd_ms
-                total = variant.cost(problem, config).flops + registry.delta_rule_cost(
-                    problem, config.get("chunk_size", 1), backward=True
-                ).flops
-                row["fwdbwd_tflops"] = total / bwd_ms / 1e9
-    return rows
