@@ -40,14 +40,20 @@ def measure_ceilings(device=None) -> dict:
     n_bf16, n_fp32 = (8192, 4096) if on_gpu else (256, 512)  # CPU bf16 matmuls are slow
     reps = 10 if on_gpu else 3
 
-    src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    # operands from a deterministic pattern, not the device RNG: the RNG refuses to run after a failed
+    # CUDA-graph capture elsewhere in the process; sin() of a ramp is non-zero and irregular enough
+    # (zeros would flatter the matmul rate)
+    def pattern(numel: int, phase: float) -> torch.Tensor:
+        return torch.sin(torch.arange(numel, device=device, dtype=torch.float32) * 0.7548776662 + phase)
+
+    src = pattern(copy_bytes // 4, 0.0)
     dst = torch.empty_like(src)
     copy_ms = _median_ms(lambda: dst.copy_(src), device, reps)
     del src, dst
 
     def matmul_tflops(n: int, dtype: torch.dtype) -> float:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        a = pattern(n * n, 0.3).view(n, n).to(dtype)
+        b = pattern(n * n, 1.1).view(n, n).to(dtype)
         ms = _median_ms(lambda: a @ b, device, reps)
         return 2.0 * n**3 / (ms * 1e-3) / 1e12
 

@@ -57,7 +57,7 @@ def _warm_one(family: str, variant: str, problem: Problem, config: dict, mode: s
     on_cuda = torch.device(device).type == "cuda"
     try:
         if on_cuda:
-            torch.cuda.set_device(torch.device(device))
+            torch.cuda.set_device(torch.device(device).index or 0)  # plain "cuda" = device 0
         runner = make_runner(variant, warm_problem(problem), config, mode, family=family, device=device)
         runner()
         if on_cuda:

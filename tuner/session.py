@@ -73,7 +73,7 @@ def run_session(
     """Run the study of every (variant, shape); variants that cannot run a shape are skipped (``on_skip``)."""
     device_type = torch.device(device).type
     if device_type == "cuda":
-        torch.cuda.set_device(torch.device(device))
+        torch.cuda.set_device(torch.device(device).index or 0)  # plain "cuda" = device 0
     outcomes = []
     with Precompiler(device, jobs=jobs) as precompiler:
         for name in variants:
