@@ -346,6 +346,35 @@ def sweep_command(
         raise typer.Exit(1)
 
 
+@app.command("compare")
+def compare_command(
+    results: list[str] = typer.Argument(..., help="Sweep output folders, or results.json / results.csv files."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the ratio rows and the summary as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when a target is missed."),
+) -> None:
+    """Ours against the peer (fla) from a sweep measured side by side: peer time / our time per shape,
+    geometric means and the performance targets (chunk fwd >= 1.5x, fwd+bwd >= 1.3x, no shape slower;
+    recurrent fwd >= 2x)."""
+    import json
+
+    from deltalab.reports.compare import print_comparison, ratio_rows, summarise
+    from deltalab.reports.load import environment_caption, load_results
+
+    try:
+        loaded = load_results(results)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+    ratios = ratio_rows(loaded.ok)
+    summary = summarise(ratios)
+    print_comparison(console, ratios, summary, caption=environment_caption(loaded.environments))
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump({"ratios": ratios.to_dict("records"), "summary": summary.to_dict("records")}, fh, indent=1)
+    if strict and not summary.empty and (summary["met"] == False).any():  # noqa: E712 (None = no target)
+        raise typer.Exit(1)
+
+
 @app.command("report")
 def report_command(
     results: list[str] = typer.Argument(None, help="Sweep output folders, or results.json / results.csv files."),

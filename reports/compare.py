@@ -1,0 +1,118 @@
+"""Ours against the peer: the ratio table of the performance targets (`deltalab compare`).
+
+For each pair (our variant, the peer's counterpart) and each shape, mode and dtype measured in the same
+sweep, ratio = peer median / our median (above 1: ours is faster). Per (variant, mode, dtype): the
+geometric mean and the worst ratio over shapes, checked against the targets below (the performance
+issue's: chunk forward >= 1.5x with no shape slower, chunk forward+backward >= 1.3x with no shape
+slower, recurrent forward >= 2x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from .tables import number, speedup_text
+
+PAIRS: tuple[tuple[str, str], ...] = (("chunk", "fla_chunk"), ("recurrent", "fla_recurrent"))
+SHAPE = ["dtype", "B", "T", "H", "K", "V"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Geometric-mean ratio to reach and whether every shape must be at least as fast as the peer."""
+
+    geomean: float
+    no_shape_slower: bool
+
+
+TARGETS: dict[tuple[str, str], Target] = {
+    ("chunk", "fwd"): Target(1.5, True),
+    ("chunk", "fwd+bwd"): Target(1.3, True),
+    ("recurrent", "fwd"): Target(2.0, False),
+}
+
+
+def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
+    """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio."""
+    rows = []
+    for ours, peer in pairs:
+        mine = ok[ok["variant"] == ours]
+        theirs = ok[ok["variant"] == peer]
+        if mine.empty or theirs.empty:
+            continue
+        merged = mine.merge(theirs, on=["mode", *SHAPE], suffixes=("", "_peer"))
+        for _, r in merged.iterrows():
+            rows.append(
+                {
+                    "variant": ours,
+                    "peer": peer,
+                    "mode": r["mode"],
+                    **{k: r[k] for k in SHAPE},
+                    "ours_ms": float(r["median_ms"]),
+                    "peer_ms": float(r["median_ms_peer"]),
+                    "ratio": float(r["median_ms_peer"]) / float(r["median_ms"]),
+                    "floor_ratio": float(r.get("floor_ratio", float("nan"))),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summarise(ratios: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, mode, dtype): shapes, geometric mean and worst ratio, the target and whether it is met."""
+    rows = []
+    if ratios.empty:
+        return pd.DataFrame(rows)
+    for (variant, mode, dtype), group in ratios.groupby(["variant", "mode", "dtype"], sort=True):
+        geomean = math.exp(sum(math.log(x) for x in group["ratio"]) / len(group))
+        worst = float(group["ratio"].min())
+        target = TARGETS.get((variant, mode))
+        met: Optional[bool] = None
+        if target is not None:
+            met = geomean >= target.geomean and (worst >= 1.0 or not target.no_shape_slower)
+        rows.append(
+            {
+                "variant": variant,
+                "mode": mode,
+                "dtype": dtype,
+                "shapes": len(group),
+                "geomean": geomean,
+                "worst": worst,
+                "target": None if target is None else target.geomean,
+                "met": met,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFrame, caption: str = "") -> None:
+    """The per-shape ratio table and the summary against the targets."""
+    if ratios.empty:
+        console.print("[yellow]no shape was measured for both one of ours and its peer (fla_chunk, fla_recurrent)[/]")
+        return
+    table = Table(title="peer time / our time (above 1: ours is faster)", caption=caption or None)
+    for col in ("variant", "mode", "dtype", "B x T", "H", "K", "V", "ours ms", "peer ms", "ratio", "x floor"):
+        table.add_column(col, justify="right" if col not in ("variant", "mode", "dtype") else "left")
+    for _, r in ratios.sort_values(["variant", "mode", "K", "T"]).iterrows():
+        table.add_row(
+            r["variant"], r["mode"], str(r["dtype"]), f"{r['B']} x {r['T']}", str(r["H"]), str(r["K"]), str(r["V"]),
+            number(r["ours_ms"]), number(r["peer_ms"]), speedup_text(r["ratio"]),
+            "-" if math.isnan(r["floor_ratio"]) else f"{r['floor_ratio']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    totals = Table(title="geometric mean over shapes, against the targets")
+    for col in ("variant", "mode", "dtype", "shapes", "geomean", "worst", "target", "met"):
+        totals.add_column(col)
+    for _, r in summary.iterrows():
+        met = "-" if r["met"] is None else ("[green]yes[/]" if r["met"] else "[red]no[/]")
+        target = "-" if r["target"] is None or (isinstance(r["target"], float) and math.isnan(r["target"])) else f">= {r['target']:.1f}x"
+        totals.add_row(
+            r["variant"], r["mode"], str(r["dtype"]), str(r["shapes"]), speedup_text(r["geomean"]),
+            speedup_text(r["worst"]), target, met,
+        )  # fmt: skip
+    console.print(totals)

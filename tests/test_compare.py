@@ -1,0 +1,58 @@
+"""`deltalab compare`: peer time / our time from a sweep measured side by side, against the targets."""
+
+import json
+import math
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from deltalab.harness.cli import app
+from deltalab.reports.compare import ratio_rows, summarise
+from deltalab.reports.load import load_results
+
+H200 = "reports/h200-2026-11-29/sweep"
+
+
+def _row(variant, mode, T, ms, K=64):
+    return {"variant": variant, "mode": mode, "dtype": "bfloat16", "B": 16384 // T, "T": T, "H": 2048 // K,
+            "K": K, "V": K, "median_ms": ms, "floor_ratio": 10.0}
+
+
+def test_ratios_geomean_and_targets_on_synthetic_rows():
+    ok = pd.DataFrame([
+        _row("chunk", "fwd", 2048, 1.0), _row("fla_chunk", "fwd", 2048, 2.0),
+        _row("chunk", "fwd", 4096, 1.0), _row("fla_chunk", "fwd", 4096, 0.5),  # one shape slower
+        _row("recurrent", "fwd", 2048, 1.0), _row("fla_recurrent", "fwd", 2048, 3.0),
+        _row("chunk", "fwd", 8192, 1.0),  # no peer row: not compared
+    ])  # fmt: skip
+    ratios = ratio_rows(ok)
+    assert len(ratios) == 3
+    assert sorted(ratios["ratio"]) == [0.5, 2.0, 3.0]
+    summary = summarise(ratios).set_index(["variant", "mode"])
+    assert math.isclose(summary.loc[("chunk", "fwd"), "geomean"], 1.0)
+    assert summary.loc[("chunk", "fwd"), "worst"] == 0.5
+    assert not summary.loc[("chunk", "fwd"), "met"]  # a shape slower than the peer, geomean 1.0 < 1.5
+    assert summary.loc[("recurrent", "fwd"), "met"]
+
+
+def test_committed_h200_results():
+    """The committed H200 sweep: recurrent beats the peer's fused_recurrent >= 2x, chunk misses its target."""
+    summary = summarise(ratio_rows(load_results([H200]).ok)).set_index(["variant", "mode"])
+    assert summary.loc[("recurrent", "fwd"), "geomean"] > 2.0
+    assert summary.loc[("recurrent", "fwd"), "met"]
+    assert summary.loc[("chunk", "fwd"), "geomean"] < 1.0
+    assert not summary.loc[("chunk", "fwd"), "met"]
+    assert summary.loc[("chunk", "fwd"), "shapes"] == 4
+
+
+def test_cli_prints_and_strict_fails_on_missed_target(tmp_path):
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(app, ["compare", H200, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "geometric mean over shapes" in result.output
+    data = json.loads(out.read_text())
+    assert {r["variant"] for r in data["ratios"]} == {"chunk", "recurrent"}
+    strict = CliRunner().invoke(app, ["compare", H200, "--strict"])
+    assert strict.exit_code == 1
+    missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nothing-here")])
+    assert missing.exit_code == 2
