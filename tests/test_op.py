@@ -305,3 +305,19 @@ def test_unsupported_shape_names_the_variants_that_can():
     finally:
         registry.unregister(name)
         registry.unregister("_test_f32")
+
+
+def test_auto_rule_for_cuda_problems():
+    """The documented rule: chunk for long sequences, recurrent for decoding and for head dims > 128
+    (chunk's backward is disabled there on CUDA). Runs without a GPU: no tuned results are consulted."""
+    from deltalab.variants.dispatch import resolve
+
+    def pick(T, K, B=1):
+        return resolve("delta_rule", "auto", None, Problem(B=B, T=T, H=4, K=K, V=K, dtype=torch.bfloat16, device="cuda"))[0].name
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine exported tuning results may take precedence over the rule")
+    assert pick(4096, 64) == "chunk"
+    assert pick(4096, 128) == "chunk"
+    assert pick(4096, 256) == "recurrent"
+    assert pick(1, 128, B=8) == "recurrent"

@@ -96,7 +96,7 @@ def _identity_cached(device_type: str, index: Optional[int]) -> DeviceIdentity:
 def device_identity(device: Any = "cuda") -> DeviceIdentity:
     """The identity of ``device`` ("cuda", "cuda:1", a torch.device, or "cpu")."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():  # a CUDA problem described on a CPU machine
         return _identity_cached("cpu", None)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _identity_cached("cuda", index)
