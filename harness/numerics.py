@@ -368,9 +368,10 @@ def check_variant(
         result.skipped, result.reason = True, f"no variant 'reference' registered for family {family}"
         return result
 
-    run_backward = backward and impl.supports_backward
-    if backward and not impl.supports_backward:
-        result.notes = "no backward: forward checked only"
+    no_backward = impl.backward_unsupported_reason(problem) if backward else None
+    run_backward = backward and no_backward is None
+    if no_backward is not None:
+        result.notes = f"{no_backward}: forward checked only"
     if per_block_beta is None:
         per_block_beta = family == "block_diag" and problem.num_blocks > 1
     inputs = random_inputs(problem, seed=seed, device=device, initial_state=initial_state, per_block_beta=per_block_beta)

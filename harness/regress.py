@@ -210,8 +210,8 @@ def default_cases(
             for mode in modes:
                 case = Case(name, family, mode, dtype, block_size=dim, **shape)
                 reason = variant.unsupported_reason(case.problem("cuda"))
-                if reason is None and mode != "fwd" and not variant.supports_backward:
-                    reason = "no backward"
+                if reason is None and mode != "fwd":
+                    reason = variant.backward_unsupported_reason(case.problem("cuda"))
                 if reason is not None:
                     skipped.append(f"{case.label()}: {reason}")
                     continue

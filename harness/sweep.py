@@ -242,8 +242,9 @@ def _plan_variant(name: str, family: str, problem: Problem, config: Optional[dic
     # the config the op would use: the given one over the default, else exported tuning results
     full = impl.full_config(config if config else tuned_config(impl, problem))
     reason = impl.config_reason(full, problem)
-    if reason is None and mode != "fwd" and not impl.supports_backward:
-        reason = f"variant {name!r} has no backward"
+    if reason is None and mode != "fwd":
+        no_backward = impl.backward_unsupported_reason(problem)
+        reason = None if no_backward is None else f"variant {name!r}: {no_backward}"
     cost = mode_cost(impl, problem, full, mode)
     return impl, full, cost, reason
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -366,3 +367,18 @@ def test_gpu_speed_sanity():
         pass
     print(line)
     assert t_fwd < 3.6, line
+
+
+def test_backward_limit_is_declared_in_the_registry():
+    """The CUDA backward refusal above head dim 128 is visible before any launch (sweeps, checks, the
+    tuner and regress skip those cases with the reason), and the block-diagonal wrapper judges the block."""
+    chunk = registry.get("chunk")
+    wide = Problem(B=1, T=64, H=2, K=256, V=64, dtype=torch.bfloat16, device="cuda")
+    assert "disabled on CUDA for head dims above 128" in chunk.backward_unsupported_reason(wide)
+    assert chunk.unsupported_reason(wide) is None  # the forward still runs it
+    assert chunk.backward_unsupported_reason(replace(wide, K=128)) is None
+    assert chunk.backward_unsupported_reason(replace(wide, device="cpu")) is None
+    block = registry.get("chunk", "block_diag")
+    assert block.backward_unsupported_reason(replace(wide, K=512, V=128, block_size=128)) is None
+    assert block.backward_unsupported_reason(replace(wide, K=512, V=128, block_size=256)) is not None
+    assert registry.get("recurrent").backward_unsupported_reason(wide) is None

@@ -81,8 +81,9 @@ def run_session(
             for shape in shapes:
                 problem = make_problem(shape, dtype, device_type)
                 why = impl.unsupported_reason(problem)
-                if why is None and settings.mode != "fwd" and not impl.supports_backward:
-                    why = f"no backward (use --mode fwd)"
+                if why is None and settings.mode != "fwd":
+                    why = impl.backward_unsupported_reason(problem)
+                    why = None if why is None else f"{why} (use --mode fwd)"
                 if why is not None:
                     if on_skip:
                         on_skip(name, shape, why)

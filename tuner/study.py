@@ -320,8 +320,9 @@ class StudyRunner:
         why = self.variant.unsupported_reason(self.problem)
         if why is not None:
             raise ValueError(f"variant: {variant!r} cannot run {self.problem.describe()}: {why}")
-        if self.settings.mode != "fwd" and not self.variant.supports_backward:
-            raise ValueError(f"mode: variant {variant!r} has no backward; tune it with mode 'fwd'")
+        no_backward = self.variant.backward_unsupported_reason(self.problem) if self.settings.mode != "fwd" else None
+        if no_backward is not None:
+            raise ValueError(f"mode: variant {variant!r} cannot run the backward here ({no_backward}); tune it with mode 'fwd'")
         self.space = SearchSpace(self.variant, self.problem)
         self.ident = tuned.device_identity(self.device)
         self.name = study_name(family, self.variant.name, self.problem, self.settings.mode, self.ident)

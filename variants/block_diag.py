@@ -252,6 +252,9 @@ def register_block_variant(name: str, base_name: Optional[str] = None) -> bool:
     def constraints(config, problem: Problem) -> Optional[str]:
         return base.config_reason(config, block_problem(problem))
 
+    def backward_limit(problem: Problem) -> Optional[str]:
+        return base.backward_limit(block_problem(problem))
+
     register(
         name,
         family=FAMILY,
@@ -268,6 +271,7 @@ def register_block_variant(name: str, base_name: Optional[str] = None) -> bool:
         # delta_rule_cost (what the delta-rule variants use) already counts NB blocks of size Kb
         cost=base.cost,
         is_triton=base.is_triton,
+        backward_limit=backward_limit if base.backward_limit is not None else None,
     )(block_forward(base))
     return True
 

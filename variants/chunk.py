@@ -137,16 +137,24 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
 MAX_VERIFIED_BACKWARD_DIM = 128
 
 
+def backward_limit(problem: Problem) -> Optional[str]:
+    """Why the backward refuses ``problem`` (None when it runs it)."""
+    if problem.device == "cuda" and max(problem.K, problem.V) > MAX_VERIFIED_BACKWARD_DIM:
+        return (
+            f"the backward is disabled on CUDA for head dims above {MAX_VERIFIED_BACKWARD_DIM} (K={problem.K}, "
+            f"V={problem.V}) after an illegal memory access seen on an H200; use variant='recurrent' (or "
+            f"block_diag_delta_rule with block_size=128) for training at this size"
+        )
+    return None
+
+
 def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
     q, k, v, beta, initial_state, do, dfinal_state = _contiguous(q, k, v, beta, initial_state, do, dfinal_state)
     B, T, H, K = k.shape
     V = v.shape[-1]
-    if q.is_cuda and max(K, V) > MAX_VERIFIED_BACKWARD_DIM:
-        raise NotImplementedError(
-            f"variant 'chunk': the backward is disabled on CUDA for head dims above {MAX_VERIFIED_BACKWARD_DIM} "
-            f"(K={K}, V={V}) after an illegal memory access seen on an H200; use variant='recurrent' (or "
-            f"block_diag_delta_rule with block_size=128) for training at this size"
-        )
+    refused = backward_limit(Problem(B=B, T=T, H=H, K=K, V=V, dtype=q.dtype, device=q.device.type))
+    if refused is not None:
+        raise NotImplementedError(f"variant 'chunk': {refused}")
     C = config["chunk_size"]
     layout = chunk_layout(B, T, cu_seqlens, C, q.device)
     plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
@@ -218,4 +226,5 @@ register(
     constraints=constraints,
     cost=_cost,
     is_triton=True,
+    backward_limit=backward_limit,
 )(chunk_forward)

@@ -4,8 +4,8 @@ The rule, in order:
 1. An explicit variant name is used as given; otherwise ("auto") the fastest variant that exported
    tuning results name for this device and shape, when such results exist.
 2. Without tuning results ("auto"): on CUDA, "recurrent" for short sequences (mean length <= 64 tokens
-   per sequence: decoding and tiny prompts, where chunking buys nothing) or head dims above 128 (chunk's
-   backward is disabled there, see variants/chunk.py) and "chunk" otherwise; on CPU,
+   per sequence: decoding and tiny prompts, where chunking buys nothing) or when chunk's backward refuses
+   the problem (head dims above 128 on CUDA, see variants/chunk.py) and "chunk" otherwise; on CPU,
    "torch_chunk". If the preferred variant cannot run the problem, the first of the fallback order
    (chunk, recurrent, torch_chunk, reference) that can.
 3. ``config=None``: the exported best config for (device, variant, dtype, K, V, sequence length) when one
@@ -28,9 +28,10 @@ def rule_variant(problem: Problem, family: str) -> str:
     available = {v.name: v for v in registry.variants(family)}
     if problem.device == "cuda":
         mean_len = problem.tokens / max(problem.num_seqs, 1)
-        # chunk's backward is disabled above 128 (variants/chunk.py, MAX_VERIFIED_BACKWARD_DIM)
-        wide = family == "delta_rule" and max(problem.K, problem.V) > 128
-        preferred = "recurrent" if mean_len <= SHORT_SEQUENCE or wide else "chunk"
+        # a chunk whose backward refuses the problem would break training (variants/chunk.py)
+        chunk = available.get("chunk")
+        chunk_cannot_train = chunk is not None and chunk.backward_unsupported_reason(problem) is not None
+        preferred = "recurrent" if mean_len <= SHORT_SEQUENCE or chunk_cannot_train else "chunk"
     else:
         preferred = "torch_chunk"
     for name in (preferred, *FALLBACK_ORDER):

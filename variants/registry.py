@@ -112,7 +112,8 @@ class Variant:
 
     ``backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config,
     block_size)`` returns ``(dq, dk, dv, dbeta, dinitial_state)``; ``dfinal_state`` and
-    ``initial_state`` may be None, and then ``dinitial_state`` is None.
+    ``initial_state`` may be None, and then ``dinitial_state`` is None. ``backward_limit(problem)``
+    names problems the backward refuses although the forward runs them.
     """
 
     name: str
@@ -131,10 +132,18 @@ class Variant:
     cost: Callable[[Problem, Config], Cost] = lambda p, c: delta_rule_cost(p, c.get("chunk_size", 1))
     is_reference: bool = False
     is_triton: bool = False
+    # why the backward cannot run a problem the forward can (None: it can), e.g. a known defect
+    backward_limit: Optional[Callable[[Problem], Optional[str]]] = None
 
     @property
     def supports_backward(self) -> bool:
         return self.backward is not None
+
+    def backward_unsupported_reason(self, problem: Problem) -> Optional[str]:
+        """Why the backward cannot run ``problem`` (None when it can; the forward is checked apart)."""
+        if self.backward is None:
+            return "no backward"
+        return None if self.backward_limit is None else self.backward_limit(problem)
 
     # ------------------------------------------------------------------ support and configs
     def unsupported_reason(self, problem: Problem) -> Optional[str]:
