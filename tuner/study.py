@@ -458,7 +458,9 @@ class StudyRunner:
             numerics_problem(self.problem, s.check_max_T),
             config,
             family=self.family,
-            backward=s.mode != "fwd" and self.variant.supports_backward,
+            # forward and backward whatever is timed: the op runs the backward with the same config
+            # (a miscompiled backward config must not win a forward-only study)
+            backward=self.variant.backward_unsupported_reason(self.problem) is None,
             device=self.device,
         )
         errors = {k: (_finite(v) if _finite(v) is not None else "inf") for k, v in dict(getattr(check, "errors", {})).items()}
