@@ -253,6 +253,9 @@ def throughput_figure(ok: pd.DataFrame, caption: str, mode: str, family: str = "
 
 
 # --------------------------------------------------------------------------------------------- roofline
+MODE_SYMBOLS = {"fwd": "circle", "fwd+bwd": "diamond", "bwd": "square"}  # marker per mode
+
+
 def floor_figure(ok: pd.DataFrame, caption: str) -> Optional[go.Figure]:
     """Measured median time against the roofline floor (max of FLOP time and byte time) of each
     variant/shape/mode, log-log; lines mark 1x (the floor), 10x and 100x the floor."""
@@ -260,13 +263,12 @@ def floor_figure(ok: pd.DataFrame, caption: str) -> Optional[go.Figure]:
     if rows.empty:
         return None
     colours = colour_map(ok["label"])
-    symbols = {"fwd": "circle", "fwd+bwd": "diamond", "bwd": "square"}
     fig = go.Figure()
     for (label, mode), group in rows.groupby(["label", "mode"], sort=False):
         fig.add_trace(
             go.Scatter(
                 x=group["floor_ms"], y=group["median_ms"], mode="markers", name=f"{label} {mode}",
-                marker={"color": colours.get(label), "symbol": symbols.get(mode, "x"), "size": 9, "opacity": 0.85},
+                marker={"color": colours.get(label), "symbol": MODE_SYMBOLS.get(mode, "x"), "size": 9, "opacity": 0.85},
                 customdata=group[["B", "T", "H", "head_dim", "floor_ratio", "dtype"]].to_numpy(),
                 hovertemplate=(
                     f"{label} {mode}<br>B=%{{customdata[0]}} T=%{{customdata[1]}} H=%{{customdata[2]}} "
@@ -308,13 +310,12 @@ def roofline_figure(ok: pd.DataFrame, ceilings: dict, caption: str) -> Optional[
         return None
     rows = rows.assign(intensity=rows["tflops"] * 1e3 / rows["gbps"])  # FLOP per byte
     colours = colour_map(ok["label"])
-    symbols = {"fwd": "circle", "fwd+bwd": "diamond", "bwd": "square"}
     fig = go.Figure()
     for (label, mode), group in rows.groupby(["label", "mode"], sort=False):
         fig.add_trace(
             go.Scatter(
                 x=group["intensity"], y=group["tflops"], mode="markers", name=f"{label} {mode}",
-                marker={"color": colours.get(label), "symbol": symbols.get(mode, "x"), "size": 9, "opacity": 0.85},
+                marker={"color": colours.get(label), "symbol": MODE_SYMBOLS.get(mode, "x"), "size": 9, "opacity": 0.85},
                 customdata=group[["B", "T", "H", "head_dim", "gbps", "dtype"]].to_numpy(),
                 hovertemplate=(
                     f"{label} {mode}<br>B=%{{customdata[0]}} T=%{{customdata[1]}} H=%{{customdata[2]}} "

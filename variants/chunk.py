@@ -152,12 +152,13 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     q, k, v, beta, initial_state, do, dfinal_state = _contiguous(q, k, v, beta, initial_state, do, dfinal_state)
     B, T, H, K = k.shape
     V = v.shape[-1]
-    refused = backward_limit(Problem(B=B, T=T, H=H, K=K, V=V, dtype=q.dtype, device=q.device.type))
-    if refused is not None:
-        raise NotImplementedError(f"variant 'chunk': {refused}")
     C = config["chunk_size"]
     layout = chunk_layout(B, T, cu_seqlens, C, q.device)
-    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
+    problem = _problem(q, v, layout, cu_seqlens is not None)
+    refused = backward_limit(problem)
+    if refused is not None:
+        raise NotImplementedError(f"variant 'chunk': {refused}")
+    plan = resolve_plan(config, problem)
     is_varlen = cu_seqlens is not None
     dh0 = None if initial_state is None else torch.empty_like(initial_state, dtype=torch.float32)
     if T == 0 or layout.num_chunks == 0:
