@@ -375,6 +375,64 @@ def compare_command(
         raise typer.Exit(1)
 
 
+@app.command("profile")
+def profile_command(
+    variant: str = typer.Option("chunk", "--variant", help="Comma-separated variants and/or peers (fla_chunk, fla_recurrent, sdpa)."),
+    batch: int = typer.Option(1, "--B", help="Batch size."),
+    seq_len: str = typer.Option("4K", "--T", help="Sequence length, e.g. 4096 or 4K."),
+    heads: int = typer.Option(16, "--H", help="Heads."),
+    key_dim: int = typer.Option(128, "--K", help="Key head dim."),
+    value_dim: int | None = typer.Option(None, "--V", help="Value head dim (default: K)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Input dtype."),
+    modes: str = typer.Option("fwd,fwd+bwd", "--mode", help="Comma-separated modes: fwd, bwd, fwd+bwd."),
+    config: str | None = typer.Option(None, "--config", help="A JSON config for our variants (default: the op's choice)."),
+    calls: int = typer.Option(5, "--calls", help="Profiled calls (averaged)."),
+    top: int = typer.Option(12, "--top", help="Kernels listed per table."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write every breakdown as JSON."),
+) -> None:
+    """Per-kernel time breakdown (torch.profiler) of each variant / peer on one shape: which stage of a
+    call is slow. On CPU it lists operators' self time (Triton's interpreter: not GPU-like)."""
+    import json
+
+    import torch
+
+    from deltalab.harness.peers import is_peer
+    from deltalab.harness.profile import breakdown_table, profile_variant
+    from deltalab.harness.sweep import parse_dtype, parse_size
+    from deltalab.harness.timing import MODES
+    from deltalab.variants.registry import Problem
+
+    use_interpreter_without_gpu()
+    _widen_console_for_logs()
+    try:
+        problem = Problem(B=batch, T=parse_size(seq_len), H=heads, K=key_dim, V=value_dim or key_dim,
+                          dtype=parse_dtype(dtype), device="cuda" if torch.cuda.is_available() else "cpu")
+        parsed_config = json.loads(config) if config else None
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+    bad = [m for m in _split_csv(modes) if m not in MODES]
+    if bad:
+        console.print(f"[red]--mode: unknown {', '.join(bad)} (expected {', '.join(MODES)})[/]")
+        raise typer.Exit(2)
+    records = []
+    for name in _split_csv(variant):
+        for mode in _split_csv(modes):
+            try:
+                rows = profile_variant(name, problem, mode, config=None if is_peer(name) else parsed_config, calls=calls)
+            except (ValueError, NotImplementedError, RuntimeError) as exc:
+                console.print(f"[yellow]{name} {mode}: {str(exc)[:300]}[/]")
+                continue
+            console.print(breakdown_table(rows, f"{name} {mode} {problem.describe()}", top=top))
+            records.append({"variant": name, "mode": mode, "problem": problem.describe(),
+                            "kernels": [r.to_dict() for r in rows]})
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump(records, fh, indent=1)
+    if not records:
+        raise typer.Exit(1)
+
+
 @app.command("report")
 def report_command(
     results: list[str] = typer.Argument(None, help="Sweep output folders, or results.json / results.csv files."),
