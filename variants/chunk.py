@@ -1,10 +1,13 @@
 """Variant "chunk": the chunkwise WY algorithm (UT transform) as Triton kernels, forward and backward.
 
-Forward, two kernels (../shared/deltanet.md):
+Forward, two or three kernels (../shared/deltanet.md):
   1. chunk_intra.py  -- per (chunk, head), in parallel: A, Tm = (I + A)^{-1} in float32, W, U and
                         Aqk = scale (Q K^T) (.) M, stored in the input dtype.
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
+  3. chunk_output.py -- only with output="split" (the automatic choice when sequences x heads are
+                        fewer than the SMs): the scan stores h_c and Vn instead of O, and O is
+                        computed for all chunks in parallel.
 Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
 states and Vn are recomputed (memory linear in T):
   1. chunk_intra.py again (W, U, Aqk);
@@ -28,8 +31,9 @@ import triton
 from .chunk_backward_grads import chunk_grads_kernel
 from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
-from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, resolve_plan
+from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
 from .chunk_intra import chunk_intra_fwd_kernel
+from .chunk_output import chunk_output_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
@@ -69,6 +73,19 @@ def _problem(q: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, varlen: bool
                    device=q.device.type)
 
 
+# Programs per SM of the persistent per-chunk kernels: enough resident programs to hide each one's
+# barrier and load latency; their workspaces (programs x C x C float32) stay small enough for L2.
+PROGRAMS_PER_SM = 8
+
+
+def persistent_grid(num_tiles: int, chunk_size: int, device) -> tuple[int, torch.Tensor]:
+    """(programs, workspace) of a persistent per-chunk kernel (intra-chunk, WY backward): at most
+    PROGRAMS_PER_SM programs per SM walk the ``num_tiles`` tiles; each owns a float32 [C, C] workspace."""
+    sms, _ = device_limits()
+    programs = max(1, min(num_tiles, sms * PROGRAMS_PER_SM))
+    return programs, torch.empty(programs, chunk_size, chunk_size, dtype=torch.float32, device=device)
+
+
 def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float):
     """Stage 1: W [B,T,H,K], U [B,T,H,V], Aqk [B,T,H,C] in the input dtype."""
     B, T, H, K = k.shape
@@ -79,8 +96,9 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float):
     aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     if layout.num_chunks:
         launch = plan.intra
-        chunk_intra_fwd_kernel[(layout.num_chunks, H)](
-            q, k, v, beta, w, u, aqk, layout.chunk_table, T, scale,
+        programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
+        chunk_intra_fwd_kernel[(programs,)](
+            q, k, v, beta, w, u, aqk, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
             H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
             IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
             num_warps=launch.warps, num_stages=launch.stages,
@@ -125,27 +143,21 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
             final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
         return o, final_state
     w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+    if not plan.split_output:
+        _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
+              output=o, final_state=final_state, states=None, v_new=None)
+        return o, final_state
+    states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
+    v_new = torch.empty_like(v)
     _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
-          output=o, final_state=final_state, states=None, v_new=None)
+          output=None, final_state=final_state, states=states, v_new=v_new)
+    launch = plan.out
+    chunk_output_kernel[(layout.num_chunks, H, triton.cdiv(V, launch.block_v))](
+        q, states, v_new, aqk, o, layout.chunk_table, T, scale,
+        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
+        IS_VARLEN=cu_seqlens is not None, PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
+    )
     return o, final_state
-
-
-# Known defect (H200, triton 3.6.0, 2026-11-29): the backward hit "an illegal memory access" at
-# K = V = 256 (B=1 T=4096 H=8 and B=4 T=4096 H=8, bf16, default config) in the recompute scan, while
-# B=2 T=500 H=3 K=256 passed. Until that is understood, the backward refuses head dims above this on
-# CUDA with a clear error instead of corrupting the CUDA context. (The interpreter is unaffected.)
-MAX_VERIFIED_BACKWARD_DIM = 128
-
-
-def backward_limit(problem: Problem) -> Optional[str]:
-    """Why the backward refuses ``problem`` (None when it runs it)."""
-    if problem.device == "cuda" and max(problem.K, problem.V) > MAX_VERIFIED_BACKWARD_DIM:
-        return (
-            f"the backward is disabled on CUDA for head dims above {MAX_VERIFIED_BACKWARD_DIM} (K={problem.K}, "
-            f"V={problem.V}) after an illegal memory access seen on an H200; use variant='recurrent' (or "
-            f"block_diag_delta_rule with block_size=128) for training at this size"
-        )
-    return None
 
 
 def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
@@ -154,11 +166,7 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     V = v.shape[-1]
     C = config["chunk_size"]
     layout = chunk_layout(B, T, cu_seqlens, C, q.device)
-    problem = _problem(q, v, layout, cu_seqlens is not None)
-    refused = backward_limit(problem)
-    if refused is not None:
-        raise NotImplementedError(f"variant 'chunk': {refused}")
-    plan = resolve_plan(config, problem)
+    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
     is_varlen = cu_seqlens is not None
     dh0 = None if initial_state is None else torch.empty_like(initial_state, dtype=torch.float32)
     if T == 0 or layout.num_chunks == 0:
@@ -201,8 +209,9 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     dv = torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     launch = plan.wy
-    chunk_wy_bwd_kernel[(layout.num_chunks, H)](
-        k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, layout.chunk_table, T,
+    programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
+    chunk_wy_bwd_kernel[(programs,)](
+        k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, scratch, layout.chunk_table, T, layout.num_chunks * H,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
         PRECISION=plan.precision, INV_PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
     )
@@ -227,5 +236,4 @@ register(
     constraints=constraints,
     cost=_cost,
     is_triton=True,
-    backward_limit=backward_limit,
 )(chunk_forward)

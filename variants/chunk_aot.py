@@ -33,26 +33,29 @@ def _kernels(plan, problem):
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel
+    from .chunk_output import chunk_output_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
     common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
     ints = {"chunk_table": "*i32", "cu_seqlens": "*i32", "chunk_offsets": "*i32"}
     f32 = lambda *names: {n: "*fp32" for n in names}  # noqa: E731
-    scalars = {"T": "i32", "scale": "fp32"}
+    scalars = {"T": "i32", "scale": "fp32", "num_tiles": "i32"}
     pr = plan.precision
     scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
     return [
-        ("intra", chunk_intra_fwd_kernel, ints, scalars,
+        ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
          dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
+        ("output", chunk_output_kernel, ints, scalars,
+         dict(common, BLOCK_K=plan.out.block_k, BLOCK_V=plan.out.block_v, PRECISION=pr), plan.out),
         ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=False, COMPUTE_O=False, STORE_STATES=True), plan.state),
         ("state_bwd", chunk_state_bwd_kernel, {**ints, **f32("dht", "dh0")}, scalars,
          dict(scan, BLOCK_V=plan.state_bwd.block_v, HAS_DHT=True, STORE_DH0=True), plan.state_bwd),
         ("grads", chunk_grads_kernel, {**ints, **f32("dk_partial")}, scalars,
          dict(common, BLOCK_K=plan.grads.block_k, BLOCK_V=plan.grads.block_v, PRECISION=pr), plan.grads),
-        ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial")}, {"T": "i32"},
+        ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial", "scratch")}, {"T": "i32", "num_tiles": "i32"},
          dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr), plan.wy),
     ]
 

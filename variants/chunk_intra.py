@@ -1,25 +1,30 @@
-"""Stage 1 of variant "chunk": the UT transform of every chunk, one program per (chunk, head).
+"""Stage 1 of variant "chunk": the UT transform of every chunk, one (chunk, head) tile at a time.
 
 For a chunk of C tokens (rows of K, V, Q, vector b of betas), ../shared/deltanet.md:
 
-    A   = strict_lower(diag(b) K K^T)        float32; only the blocks the inverse reads are formed
     Aqk = scale (Q K^T) (.) M   [C, C]       M: lower triangle with diagonal; input dtype (computed and
                                              stored first, so its registers are free for the inverse)
-    Tm  = (I + A)^{-1}                       float32, unit lower triangular: the 16x16 diagonal blocks
-                                             by forward substitution, then pairs of diagonal blocks
-                                             merged, 16 -> 32 -> 64 -> 128: for a pair
-                                               (I + A)|pair = [L0 0; A10 L1]  with  T0 = L0^-1, T1 = L1^-1
-                                               its inverse  = [T0 0; -T1 A10 T0  T1]
+    A   = strict_lower(diag(b) K K^T)        float32, one product per key tile
+    Tm  = (I + A)^{-1}                       float32, unit lower triangular, in 16-row blocks:
+                                               diagonal blocks T_ii = (I + A_ii)^{-1} by forward
+                                               substitution (all blocks at once, 15 steps);
+                                               then row block by row block,
+                                               Tm[i, :i] = -T_ii A[i, :i] Tm[:i, :i]   (two products)
     W   = Tm diag(b) K     [C, K]            stored in the input dtype
     U   = Tm diag(b) V     [C, V]            stored in the input dtype
 
-All blocks of one level are handled at once as 3-D tensors ([pairs, S, S], batched tl.dot). The inverse
-helper ``chunk_inverse`` is shared with the WY backward (chunk_backward_wy.py), which recomputes Tm
-rather than storing it.
+Why a workspace: Triton keeps a tile in registers spread over all threads, and reading one row of it or
+writing one block into it costs a reduction or a layout change through shared memory (and a barrier)
+each time. So A and the growing Tm live in a per-program float32 [C, C] workspace in global memory
+(L2-resident: the kernels are persistent -- a few programs per SM walk all tiles -- so the workspace is
+programs x C x C x 4 bytes), with barriers between writers and readers. Rows of A come back as plain
+loads, the forward substitution reduces along the warp's own axis, and the block products are 2-D dots.
+The inverse helper ``chunk_inverse`` is shared with the WY backward (chunk_backward_wy.py), which
+recomputes Tm rather than storing it.
 
 Layouts: q, k, w: [B*T, H, K]; v, u: [B*T, H, V]; beta: [B*T, H]; aqk: [B*T, H, C] (row t holds its
 chunk's row t - start). Chunks never straddle sequences: ``chunk_bounds`` gives each chunk's token range,
-from a host-built table for packed (varlen) batches.
+from a host-built table for packed (varlen) batches. Tiles are numbered chunk * H + head.
 """
 
 from __future__ import annotations
@@ -47,153 +52,128 @@ def chunk_bounds(pid_chunk, chunk_table, T, C: tl.constexpr, IS_VARLEN: tl.const
 
 
 @triton.jit
-def _pair_rows(P: tl.constexpr, S: tl.constexpr, ODD: tl.constexpr):
-    """Chunk-local rows of the even (ODD=0) or odd (ODD=1) S-block of each pair p: [P, S]."""
-    p = tl.arange(0, P)[:, None]
-    i = tl.arange(0, S)[None, :]
-    return (2 * p + ODD) * S + i
-
-
-@triton.jit
-def _block_product(k, beta, start, end, head, d0, rows_left, rows_right,
-                   H: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """One key tile's share of the batched blocks diag(b_left) K_left K_right^T: [P, S, S] float32.
-
-    rows_left / rows_right: [P, S] chunk-local row numbers of the left and right blocks.
-    """
-    dd = d0 + tl.arange(0, BLOCK_K)
-    dmask = dd < K
-    tok_l = start + rows_left
-    tok_r = start + rows_right
-    k_left = tl.load(k + (tok_l * H + head)[:, :, None] * K + dd[None, None, :],
-                     mask=(tok_l < end)[:, :, None] & dmask[None, None, :], other=0.0)
-    b_left = tl.load(beta + tok_l * H + head, mask=tok_l < end, other=0.0).to(tl.float32)
-    k_right_t = tl.load(k + (tok_r * H + head)[:, None, :] * K + dd[None, :, None],
-                        mask=(tok_r < end)[:, None, :] & dmask[None, :, None], other=0.0)
-    # beta scales rows after the product (float32): the dot's operands come straight from the loads
-    return b_left[:, :, None] * tl.dot(k_left, k_right_t, input_precision=PRECISION)
-
-
-@triton.jit
-def _diag_block_inverse(a_diag, NB: tl.constexpr):
-    """(I + a)^{-1} of NB unit lower triangular 16x16 blocks; a_diag [NB, 16, 16] strictly lower, fp32.
-
-    Forward substitution on all blocks at once: row s of the inverse is e_s - sum_{j<s} a[s, j] inv[j].
-    """
-    rows = tl.arange(0, 16)[None, :, None]
-    cols = tl.arange(0, 16)[None, None, :]
-    inv = tl.zeros([NB, 16, 16], dtype=tl.float32) + tl.where(rows == cols, 1.0, 0.0)
-    for s in tl.static_range(1, 16):
-        a_row = tl.sum(tl.where(rows == s, a_diag, 0.0), axis=1)  # [NB, 16]: row s of each block
-        update = tl.sum(a_row[:, :, None] * inv, axis=1)  # [NB, 16]: rows j < s are final already
-        inv = inv - tl.where(rows == s, update[:, None, :], 0.0)
-    return inv
-
-
-@triton.jit
-def _merge_pairs(inv, a_low, P: tl.constexpr, S: tl.constexpr, PRECISION: tl.constexpr):
-    """Inverses of 2P diagonal S-blocks [2P, S, S] -> inverses of P diagonal 2S-blocks [P, 2S, 2S].
-
-    a_low [P, S, S]: the block of A below each pair's first block. The new lower-left block is
-    -T_odd a_low T_even (float32 products).
-    """
-    pairs = tl.permute(tl.reshape(inv, (P, 2, S, S)), (0, 2, 3, 1))
-    t_even, t_odd = tl.split(pairs)
-    if P == 1:
-        # one pair (the last level): 2-D products compile to far fewer registers than batched ones
-        low = tl.dot(tl.reshape(t_odd, (S, S)), tl.reshape(a_low, (S, S)), input_precision=PRECISION)
-        low = -tl.dot(low, tl.reshape(t_even, (S, S)), input_precision=PRECISION)
-        low = tl.reshape(low, (1, S, S))
-    else:
-        low = tl.dot(t_odd, a_low, input_precision=PRECISION)
-        low = -tl.dot(low, t_even, input_precision=PRECISION)
-    top = tl.reshape(tl.permute(tl.join(t_even, tl.zeros_like(t_even)), (0, 1, 3, 2)), (P, S, 2 * S))
-    bottom = tl.reshape(tl.permute(tl.join(low, t_odd), (0, 1, 3, 2)), (P, S, 2 * S))
-    return tl.reshape(tl.permute(tl.join(top, bottom), (0, 3, 1, 2)), (P, 2 * S, 2 * S))
-
-
-@triton.jit
-def chunk_inverse(k, beta, start, end, head,
+def chunk_inverse(k, beta, start, end, head, scratch,
                   H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr,
                   PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr):
-    """Tm = (I + strict_lower(diag(b) K K^T))^{-1} of one chunk, [C, C] float32.
-
-    PRECISION: tl.dot precision of the key products (float32 inputs); INV_PRECISION: of the float32
-    block merges. Only the blocks the inverse reads are formed: the 16x16 diagonal blocks and, per merge
-    level, the block below each pair's first block.
+    """Tm = (I + strict_lower(diag(b) K K^T))^{-1} of one chunk (see the module doc), left in ``scratch``,
+    this program's float32 [C, C] workspace: read it with ``load_tm``. PRECISION: tl.dot precision of
+    the key products (float32 inputs); INV_PRECISION: of the float32 block products of the inverse.
     """
-    NB: tl.constexpr = C // 16
-    a_diag = tl.zeros([NB, 16, 16], dtype=tl.float32)
-    if C >= 32:
-        a_low16 = tl.zeros([C // 32, 16, 16], dtype=tl.float32)
-    if C >= 64:
-        a_low32 = tl.zeros([C // 64, 32, 32], dtype=tl.float32)
-    if C >= 128:
-        a_low64 = tl.zeros([C // 128, 64, 64], dtype=tl.float32)
-    diag_rows = tl.arange(0, NB)[:, None] * 16 + tl.arange(0, 16)[None, :]
+    rows = tl.arange(0, C)
+    tok = start + rows
+    tmask = tok < end
+    a = tl.zeros([C, C], dtype=tl.float32)
     for d0 in range(0, K, BLOCK_K):
-        a_diag += _block_product(k, beta, start, end, head, d0, diag_rows, diag_rows, H, K, BLOCK_K, PRECISION)
-        if C >= 32:
-            a_low16 += _block_product(k, beta, start, end, head, d0, _pair_rows(C // 32, 16, 1),
-                                      _pair_rows(C // 32, 16, 0), H, K, BLOCK_K, PRECISION)
-        if C >= 64:
-            a_low32 += _block_product(k, beta, start, end, head, d0, _pair_rows(C // 64, 32, 1),
-                                      _pair_rows(C // 64, 32, 0), H, K, BLOCK_K, PRECISION)
-        if C >= 128:
-            a_low64 += _block_product(k, beta, start, end, head, d0, _pair_rows(C // 128, 64, 1),
-                                      _pair_rows(C // 128, 64, 0), H, K, BLOCK_K, PRECISION)
-    i_idx = tl.arange(0, 16)[None, :, None]
-    j_idx = tl.arange(0, 16)[None, None, :]
-    a_diag = tl.where(i_idx > j_idx, a_diag, 0.0)
-    inv = _diag_block_inverse(a_diag, NB)
-    if C >= 32:
-        inv = _merge_pairs(inv, a_low16, C // 32, 16, INV_PRECISION)
-    if C >= 64:
-        inv = _merge_pairs(inv, a_low32, C // 64, 32, INV_PRECISION)
-    if C >= 128:
-        inv = _merge_pairs(inv, a_low64, C // 128, 64, INV_PRECISION)
-    return tl.reshape(inv, (C, C))
+        dd = d0 + tl.arange(0, BLOCK_K)
+        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dd[None, :], mask=tmask[:, None] & (dd < K)[None, :], other=0.0)
+        a = tl.dot(k_tile, tl.trans(k_tile), a, input_precision=PRECISION)
+    b = tl.load(beta + tok * H + head, mask=tmask, other=0.0).to(tl.float32)
+    a = tl.where(rows[:, None] > rows[None, :], a * b[:, None], 0.0)
+    tl.debug_barrier()  # the previous tile's reads of the workspace are done
+    tl.store(scratch + rows[:, None] * C + rows[None, :], a)
+    tl.debug_barrier()
+
+    # Diagonal 16x16 blocks, all NB at once, held transposed: inv_t[n, c, j] = T_nn[j, c], so the sum
+    # over j runs along the last axis -- the axis the loads and the store keep contiguous, which puts it
+    # on one warp's lanes (shuffles, no barrier). Row s of T_nn is e_s - sum_{j<s} A_nn[s, j] T_nn[j, :];
+    # rows j >= s still hold e_j but meet A_nn[s, j] = 0.
+    NB: tl.constexpr = C // 16
+    i16 = tl.arange(0, 16)
+    blocks = tl.arange(0, NB)
+    cc = i16[None, :, None]
+    jj = i16[None, None, :]
+    inv_t = tl.zeros([NB, 16, 16], dtype=tl.float32) + tl.where(cc == jj, 1.0, 0.0)
+    diag_row = (blocks[:, None] * 16) * C + blocks[:, None] * 16 + i16[None, :]  # A_nn[0, j] of every block
+    for s in tl.static_range(1, 16):
+        a_row = tl.load(scratch + diag_row + s * C)  # [NB, 16]: row s of every diagonal block
+        update = tl.sum(a_row[:, None, :] * inv_t, axis=2)  # [NB, 16]: sum_j A_nn[s, j] T_nn[j, c]
+        inv_t = tl.where(jj == s, inv_t - update[:, :, None], inv_t)
+    blocks3 = blocks[:, None, None] * 16
+    tl.debug_barrier()  # every row of A's diagonal blocks is read before they are overwritten
+    # stored as computed (transposed: no layout change), then transposed in place through the workspace
+    tl.store(scratch + (blocks3 + cc) * C + blocks3 + jj, inv_t)
+    tl.debug_barrier()
+    t_diag = tl.load(scratch + (blocks3 + jj) * C + blocks3 + cc)  # [NB, 16, 16]: T_nn
+    tl.debug_barrier()
+    tl.store(scratch + (blocks3 + cc) * C + blocks3 + jj, t_diag)
+    tl.debug_barrier()
+
+    # Row blocks below: Tm[i, :i] = -T_ii (A[i, :i] Tm[:i, :i]), written into the workspace row block i.
+    # Tm's rows above block i are final there, with zeros right of their diagonal block (where A's upper
+    # triangle was stored).
+    for i in tl.static_range(1, NB):
+        _row_block(scratch, i * 16, 16 if i == 1 else (32 if i == 2 else (64 if i <= 4 else 128)), C, INV_PRECISION)
+
+
+@triton.jit
+def _row_block(scratch, first_row, P: tl.constexpr, C: tl.constexpr, INV_PRECISION: tl.constexpr):
+    """Row block i of Tm (rows first_row = 16 i ...): -T_ii (A[i, :i] Tm[:i, :i]), over the P =
+    next_pow2(16 i) leading columns only (beyond them Tm[:i, :i] is zero), into the workspace."""
+    i16 = tl.arange(0, 16)
+    cols = tl.arange(0, P)
+    r = first_row + i16
+    left = cols[None, :] < first_row
+    a_block = tl.load(scratch + r[:, None] * C + cols[None, :], mask=left, other=0.0)  # [16, P]
+    t_above = tl.load(scratch + cols[:, None] * C + cols[None, :], mask=cols[:, None] < first_row, other=0.0)
+    t_ii = tl.load(scratch + r[:, None] * C + (first_row + i16)[None, :])  # [16, 16]
+    x = tl.dot(a_block, t_above, input_precision=INV_PRECISION)  # [16, P]
+    x = -tl.dot(t_ii, x, input_precision=INV_PRECISION)
+    tl.debug_barrier()  # row block i of A is read everywhere before it is overwritten
+    tl.store(scratch + r[:, None] * C + cols[None, :], x, mask=left)
+    tl.debug_barrier()
+
+
+@triton.jit
+def load_tm(scratch, C: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Tm [C, C] float32 (or Tm^T with TRANSPOSED) from the workspace ``chunk_inverse`` filled."""
+    rows = tl.arange(0, C)
+    if TRANSPOSED:
+        return tl.load(scratch + rows[None, :] * C + rows[:, None])
+    return tl.load(scratch + rows[:, None] * C + rows[None, :])
 
 
 @triton.jit
 def chunk_intra_fwd_kernel(
-    q, k, v, beta, w, u, aqk, chunk_table, T, scale,
+    q, k, v, beta, w, u, aqk, scratch, chunk_table, T, scale, num_tiles,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
     PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr,
 ):
-    """Aqk, then W and U, of chunk program_id(0), head program_id(1)."""
-    pid_chunk = tl.program_id(0)
-    head = tl.program_id(1)
-    start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
+    """Aqk, then W and U, of tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
+    scratch += tl.program_id(0).to(tl.int64) * C * C
     rows = tl.arange(0, C)
-    tok = start + rows
-    row_mask = tok < end
-    # Aqk first and stored at once: its [C, C] accumulator is dead before the inverse needs registers
-    qk = tl.zeros([C, C], dtype=tl.float32)
-    for d0 in range(0, K, BLOCK_K):
-        dd = d0 + tl.arange(0, BLOCK_K)
-        dmask = dd < K
-        q_tile = tl.load(q + (tok * H + head)[:, None] * K + dd[None, :], mask=row_mask[:, None] & dmask[None, :], other=0.0)
-        k_tile_t = tl.load(k + (tok * H + head)[None, :] * K + dd[:, None], mask=row_mask[None, :] & dmask[:, None], other=0.0)
-        qk = tl.dot(q_tile, k_tile_t, qk, input_precision=PRECISION)
-    qk = tl.where(rows[:, None] >= rows[None, :], qk * scale, 0.0)
-    tl.store(aqk + (tok * H + head)[:, None] * C + rows[None, :], qk.to(aqk.dtype.element_ty), mask=row_mask[:, None])
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        pid_chunk = tile // H
+        head = tile % H
+        start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
+        tok = start + rows
+        row_mask = tok < end
+        # Aqk first and stored at once: its [C, C] accumulator is dead before the inverse needs registers
+        qk = tl.zeros([C, C], dtype=tl.float32)
+        for d0 in range(0, K, BLOCK_K):
+            dd = d0 + tl.arange(0, BLOCK_K)
+            dmask = dd < K
+            q_tile = tl.load(q + (tok * H + head)[:, None] * K + dd[None, :], mask=row_mask[:, None] & dmask[None, :], other=0.0)
+            k_tile_t = tl.load(k + (tok * H + head)[None, :] * K + dd[:, None], mask=row_mask[None, :] & dmask[:, None], other=0.0)
+            qk = tl.dot(q_tile, k_tile_t, qk, input_precision=PRECISION)
+        qk = tl.where(rows[:, None] >= rows[None, :], qk * scale, 0.0)
+        tl.store(aqk + (tok * H + head)[:, None] * C + rows[None, :], qk.to(aqk.dtype.element_ty), mask=row_mask[:, None])
 
-    tm = chunk_inverse(k, beta, start, end, head, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
-    b = tl.load(beta + tok * H + head, mask=row_mask, other=0.0).to(tl.float32)
-    tm_op = tm.to(k.dtype.element_ty)
-    for d0 in range(0, K, BLOCK_K):
-        dd = d0 + tl.arange(0, BLOCK_K)
-        m = row_mask[:, None] & (dd < K)[None, :]
-        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dd[None, :], mask=m, other=0.0)
-        kb = (k_tile.to(tl.float32) * b[:, None]).to(k_tile.dtype)
-        w_tile = tl.dot(tm_op, kb, input_precision=PRECISION)
-        tl.store(w + (tok * H + head)[:, None] * K + dd[None, :], w_tile.to(w.dtype.element_ty), mask=m)
-    for e0 in range(0, V, BLOCK_V):
-        ee = e0 + tl.arange(0, BLOCK_V)
-        m = row_mask[:, None] & (ee < V)[None, :]
-        v_tile = tl.load(v + (tok * H + head)[:, None] * V + ee[None, :], mask=m, other=0.0)
-        vb = (v_tile.to(tl.float32) * b[:, None]).to(v_tile.dtype)
-        u_tile = tl.dot(tm_op, vb, input_precision=PRECISION)
-        tl.store(u + (tok * H + head)[:, None] * V + ee[None, :], u_tile.to(u.dtype.element_ty), mask=m)
+        chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+        tm = load_tm(scratch, C, False)
+        b = tl.load(beta + tok * H + head, mask=row_mask, other=0.0).to(tl.float32)
+        tm_op = tm.to(k.dtype.element_ty)
+        for d0 in range(0, K, BLOCK_K):
+            dd = d0 + tl.arange(0, BLOCK_K)
+            m = row_mask[:, None] & (dd < K)[None, :]
+            k_tile = tl.load(k + (tok * H + head)[:, None] * K + dd[None, :], mask=m, other=0.0)
+            kb = (k_tile.to(tl.float32) * b[:, None]).to(k_tile.dtype)
+            w_tile = tl.dot(tm_op, kb, input_precision=PRECISION)
+            tl.store(w + (tok * H + head)[:, None] * K + dd[None, :], w_tile.to(w.dtype.element_ty), mask=m)
+        for e0 in range(0, V, BLOCK_V):
+            ee = e0 + tl.arange(0, BLOCK_V)
+            m = row_mask[:, None] & (ee < V)[None, :]
+            v_tile = tl.load(v + (tok * H + head)[:, None] * V + ee[None, :], mask=m, other=0.0)
+            vb = (v_tile.to(tl.float32) * b[:, None]).to(v_tile.dtype)
+            u_tile = tl.dot(tm_op, vb, input_precision=PRECISION)
+            tl.store(u + (tok * H + head)[:, None] * V + ee[None, :], u_tile.to(u.dtype.element_ty), mask=m)
