@@ -5,9 +5,8 @@ Forward, two or three kernels (../shared/deltanet.md):
                         Aqk = scale (Q K^T) (.) M, stored in the input dtype.
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
-  3. chunk_output.py -- only with output="split" (the automatic choice when sequences x heads are
-                        fewer than the SMs): the scan stores h_c and Vn instead of O, and O is
-                        computed for all chunks in parallel.
+  3. chunk_output.py -- only with output="split" (a tunable choice, not the default): the scan
+                        stores h_c and Vn instead of O, and O is computed for all chunks in parallel.
 Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
 states and Vn are recomputed (memory linear in T):
   1. chunk_intra.py again (W, U, Aqk);
