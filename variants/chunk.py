@@ -1,12 +1,10 @@
 """Variant "chunk": the chunkwise WY algorithm (UT transform) as Triton kernels, forward and backward.
 
-Forward, two or three kernels (../shared/deltanet.md):
+Forward, two kernels (../shared/deltanet.md):
   1. chunk_intra.py  -- per (chunk, head), in parallel: A, Tm = (I + A)^{-1} in float32, W, U and
                         Aqk = scale (Q K^T) (.) M, stored in the input dtype.
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
-  3. chunk_output.py -- only with output="split" (a tunable choice, not the default): the scan
-                        stores h_c and Vn instead of O, and O is computed for all chunks in parallel.
 Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
 states and Vn are recomputed (memory linear in T):
   1. chunk_intra.py again (W, U, Aqk);
@@ -32,7 +30,6 @@ from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
 from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
 from .chunk_intra import chunk_intra_fwd_kernel
-from .chunk_output import chunk_output_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
@@ -142,21 +139,30 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
             final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
         return o, final_state
     w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
-    if not plan.split_output:
-        _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
-              output=o, final_state=final_state, states=None, v_new=None)
-        return o, final_state
-    states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
-    v_new = torch.empty_like(v)
     _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
-          output=None, final_state=final_state, states=states, v_new=v_new)
-    launch = plan.out
-    chunk_output_kernel[(layout.num_chunks, H, triton.cdiv(V, launch.block_v))](
-        q, states, v_new, aqk, o, layout.chunk_table, T, scale,
-        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
-        IS_VARLEN=cu_seqlens is not None, PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
-    )
+          output=o, final_state=final_state, states=None, v_new=None)
     return o, final_state
+
+
+# Known defect (H200, triton 3.6.0): the backward hit "an illegal memory access" at K = V = 256, T = 4096,
+# H = 8 (bf16, default config), at B = 1 and B = 4 with the first intra-chunk kernel (2026-11-29). With
+# the workspace-based one B = 1 passed (forward and every gradient against "recurrent"), but a later
+# regression-baseline run over T = 4096, B = 4, D = 64/128/256 faulted in a case it did not name (D = 256
+# is the suspect; compute-sanitizer's memcheck was clean at B = 1 T = 4096). Until that is understood,
+# the backward refuses head dims above this on CUDA with a clear error instead of corrupting the CUDA
+# context. (The interpreter is unaffected.)
+MAX_VERIFIED_BACKWARD_DIM = 128
+
+
+def backward_limit(problem: Problem) -> Optional[str]:
+    """Why the backward refuses ``problem`` (None when it runs it)."""
+    if problem.device == "cuda" and max(problem.K, problem.V) > MAX_VERIFIED_BACKWARD_DIM:
+        return (
+            f"the backward is disabled on CUDA for head dims above {MAX_VERIFIED_BACKWARD_DIM} (K={problem.K}, "
+            f"V={problem.V}) after an illegal memory access seen on an H200; use variant='recurrent' (or "
+            f"block_diag_delta_rule with block_size=128) for training at this size"
+        )
+    return None
 
 
 def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
@@ -165,7 +171,11 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     V = v.shape[-1]
     C = config["chunk_size"]
     layout = chunk_layout(B, T, cu_seqlens, C, q.device)
-    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
+    problem = _problem(q, v, layout, cu_seqlens is not None)
+    refused = backward_limit(problem)
+    if refused is not None:
+        raise NotImplementedError(f"variant 'chunk': {refused}")
+    plan = resolve_plan(config, problem)
     is_varlen = cu_seqlens is not None
     dh0 = None if initial_state is None else torch.empty_like(initial_state, dtype=torch.float32)
     if T == 0 or layout.num_chunks == 0:
@@ -235,4 +245,5 @@ register(
     constraints=constraints,
     cost=_cost,
     is_triton=True,
+    backward_limit=backward_limit,
 )(chunk_forward)

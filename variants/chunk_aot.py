@@ -33,7 +33,6 @@ def _kernels(plan, problem):
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel
-    from .chunk_output import chunk_output_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
     common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
@@ -47,8 +46,6 @@ def _kernels(plan, problem):
          dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
-        ("output", chunk_output_kernel, ints, scalars,
-         dict(common, BLOCK_K=plan.out.block_k, BLOCK_V=plan.out.block_v, PRECISION=pr), plan.out),
         ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=False, COMPUTE_O=False, STORE_STATES=True), plan.state),
         ("state_bwd", chunk_state_bwd_kernel, {**ints, **f32("dht", "dh0")}, scalars,

@@ -13,11 +13,6 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     warps_intra, stages_intra
     block_v             V tile per program of the forward state scan (splits V over programs when
                         sequences x heads are few); warps_state, stages_state
-    output              where the forward's output O = scale Q h + Aqk Vn is computed: "fused" into the
-                        scan, "split" into a parallel kernel after it (the scan then stores the chunk
-                        states); "auto" is "fused": on an H200 (bf16, B=1, T=16K) split measured
-                        1-8 % slower at D=64 and D=128 (the scan's chain barely shortens)
-    block_v_out, warps_out, stages_out                         the split output kernel
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
@@ -55,10 +50,6 @@ SPACE: dict[str, tuple] = {
     "block_v": _TILES,
     "warps_state": _WARPS,
     "stages_state": _STAGES,
-    "output": ("auto", "fused", "split"),
-    "block_v_out": _TILES,
-    "warps_out": _WARPS,
-    "stages_out": _STAGES,
     "block_v_bwd": _TILES,
     "warps_state_bwd": _WARPS,
     "stages_state_bwd": _STAGES,
@@ -72,7 +63,7 @@ SPACE: dict[str, tuple] = {
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", output="auto")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -112,10 +103,8 @@ class ChunkPlan:
     chunk_size: int
     precision: str
     key_tile: int  # padded K: the scans hold the whole key dimension of the state
-    split_output: bool  # forward: O in chunk_output.py's kernel rather than in the scan
     intra: Launch
     state: Launch
-    out: Launch
     state_bwd: Launch
     grads: Launch
     wy: Launch
@@ -157,13 +146,6 @@ def _state_bwd_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int
     convert = isz * (BK * bv + C * bv) if isz < 4 else isz * C * bv
     smem = _pipelined(stages, loop) + convert
     regs = (BK * bv + C * bv + C * BK * isz / 4) / (32 * warps)
-    return smem, regs
-
-
-def _out_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
-    """Split output kernel: Q and h tiles per key step; Aqk and Vn once."""
-    smem = _pipelined(stages, [isz * C * bk, isz * bk * bv]) + isz * (C * C + C * bv)
-    regs = (C * bv + C * C * isz / 4) / (32 * warps)
     return smem, regs
 
 
@@ -228,8 +210,6 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
         return config[key] or _auto_block_v(programs, BV, lambda bv: needs(C, BK, bv, isz, 1, 4)[0] <= smem_limit)
 
     state = launch(_state_needs, BK, scan_block_v("block_v", _state_needs), "warps_state", "stages_state")
-    split_output = config["output"] == "split"
-    out = launch(_out_needs, min(BK, 64), config["block_v_out"] or min(BV, 64), "warps_out", "stages_out", 4)
     state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
                        "warps_state_bwd", "stages_state_bwd")
     # grads tiles: the widest (<= 64) that fit at one stage
@@ -241,7 +221,7 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
                    config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads", 8 if C >= 64 else 4)
     block = config["block_wy"] or (64 if C <= 64 else 32)
     wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
-    return ChunkPlan(C, config["input_precision"], BK, split_output, intra, state, out, state_bwd, grads, wy)
+    return ChunkPlan(C, config["input_precision"], BK, intra, state, state_bwd, grads, wy)
 
 
 def constraints(config: Config, problem: Problem) -> Optional[str]:
@@ -251,7 +231,6 @@ def constraints(config: Config, problem: Problem) -> Optional[str]:
         ("block_intra", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
         ("block_wy", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
         ("block_v", BV, f"V={problem.V} padded to {BV}"),
-        ("block_v_out", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_bwd", BV, f"V={problem.V} padded to {BV}"),
         ("block_k_grads", BK, f"K={problem.K} padded to {BK}"),
         ("block_v_grads", BV, f"V={problem.V} padded to {BV}"),
@@ -264,7 +243,6 @@ def constraints(config: Config, problem: Problem) -> Optional[str]:
     checks = (
         ("intra-chunk kernel", "intra", _intra_needs(C, plan.intra.block_k, plan.intra.block_v, isz, plan.intra.stages, plan.intra.warps)),
         ("state scan", "state", _state_needs(C, BK, plan.state.block_v, isz, plan.state.stages, plan.state.warps)),
-        ("output kernel", "out", _out_needs(C, plan.out.block_k, plan.out.block_v, isz, plan.out.stages, plan.out.warps)),
         ("reverse state scan", "state_bwd",
          _state_bwd_needs(C, BK, plan.state_bwd.block_v, isz, plan.state_bwd.stages, plan.state_bwd.warps)),
         ("gradient kernel", "grads", _grads_needs(C, plan.grads.block_k, plan.grads.block_v, isz, plan.grads.stages, plan.grads.warps)),

@@ -5,8 +5,7 @@ The rule, in order:
    tuning results name for this device and shape, when such results exist.
 2. Without tuning results ("auto"): on CUDA, "recurrent" for short sequences (mean length <= 64 tokens
    per sequence: decoding and tiny prompts, where chunking buys nothing) or when chunk's backward refuses
-   the problem (a variant may declare such limits in the registry: ``backward_limit``) and "chunk"
-   otherwise; on CPU,
+   the problem (head dims above 128 on CUDA, see variants/chunk.py) and "chunk" otherwise; on CPU,
    "torch_chunk". If the preferred variant cannot run the problem, the first of the fallback order
    (chunk, recurrent, torch_chunk, reference) that can.
 3. ``config=None``: the exported best config for (device, variant, dtype, K, V, sequence length) when one
@@ -29,7 +28,7 @@ def rule_variant(problem: Problem, family: str) -> str:
     available = {v.name: v for v in registry.variants(family)}
     if problem.device == "cuda":
         mean_len = problem.tokens / max(problem.num_seqs, 1)
-        # a chunk whose backward refused the problem would break training
+        # a chunk whose backward refuses the problem would break training (variants/chunk.py)
         chunk = available.get("chunk")
         chunk_cannot_train = chunk is not None and chunk.backward_unsupported_reason(problem) is not None
         preferred = "recurrent" if mean_len <= SHORT_SEQUENCE or chunk_cannot_train else "chunk"
