@@ -73,12 +73,15 @@ def measure_ceilings(device=None) -> dict:
     }
 
 
+def matmul_ceiling_key(dtype) -> str:
+    """The ceilings key of the matmul rate that bounds ``dtype`` inputs (a torch dtype or its name, e.g.
+    "bfloat16"): bf16/fp16 run on the 16-bit tensor-core rate, everything else on the fp32 rate."""
+    name = str(dtype).replace("torch.", "")
+    return "matmul_bf16_tflops" if name in ("bfloat16", "float16") else "matmul_fp32_tflops"
+
+
 def _matmul_tflops(ceilings: dict, dtype: torch.dtype) -> float:
-    """The matmul ceiling that bounds ``dtype`` inputs: bf16/fp16 run on the 16-bit tensor-core rate,
-    everything else on the fp32 rate."""
-    if dtype in (torch.bfloat16, torch.float16):
-        return float(ceilings["matmul_bf16_tflops"])
-    return float(ceilings["matmul_fp32_tflops"])
+    return float(ceilings[matmul_ceiling_key(dtype)])
 
 
 def floor_ms(cost: Cost, ceilings: dict, dtype: torch.dtype) -> float:

@@ -24,6 +24,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from deltalab.harness.roofline import matmul_ceiling_key
+
 from .load import MODES
 
 MODE_NAMES = {"fwd": "forward", "fwd+bwd": "forward + backward", "bwd": "backward"}
@@ -295,9 +297,9 @@ def floor_figure(ok: pd.DataFrame, caption: str) -> Optional[go.Figure]:
 
 
 def peak_tflops(ceilings: dict, dtype: str) -> Optional[float]:
-    """The matmul ceiling that applies to ``dtype`` (bf16 rate for 16-bit types, fp32 otherwise)."""
-    key = "matmul_fp32_tflops" if dtype in ("float32", "float64") else "matmul_bf16_tflops"
-    value = ceilings.get(key)
+    """The matmul ceiling that applies to ``dtype`` (harness.roofline.matmul_ceiling_key), None when the
+    ceilings lack it."""
+    value = ceilings.get(matmul_ceiling_key(dtype))
     return float(value) if value else None
 
 

@@ -453,6 +453,21 @@ def test_cli_tune_then_export(tmp_path):
     assert result.exit_code == 1 and "no study" in result.output
 
 
+def test_auto_skips_tuned_variants_whose_backward_refuses(recording_variant, tmp_path, monkeypatch):
+    """An export naming a variant whose backward refuses the problem (registry backward_limit) is not
+    what auto picks: the call may be differentiated."""
+    name, _ = recording_variant
+    path = tmp_path / "tuned.json"
+    _export_file(path, name, {32: {"chunk_size": 16}})
+    monkeypatch.setenv(tuned.ENV_VAR, str(path))
+    tuned.clear_cache()
+    problem = Problem(1, 24, 2, 16, 16, torch.float32, device="cpu")
+    assert tuned.best_variant(problem, "delta_rule") == name
+    monkeypatch.setattr(registry.get(name), "backward_limit", lambda p: "refused for the test")
+    tuned.clear_cache()
+    assert tuned.best_variant(problem, "delta_rule") is None
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 
 

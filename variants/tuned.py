@@ -304,7 +304,9 @@ def lookup_config(variant: Variant, problem: Problem) -> Optional[Config]:
 
 
 def best_variant(problem: Problem, family: str) -> Optional[str]:
-    """The variant with the lowest recorded time for ``problem``'s bucket among those that can run it.
+    """The variant with the lowest recorded time for ``problem``'s bucket among those that can run it,
+    forward and backward (auto does not know whether the call will be differentiated: a variant whose
+    backward refuses the problem, ``Variant.backward_limit``, would break training).
 
     Only entries in the nearest bucket that any usable entry has are compared (times measured on
     different sequence lengths are not comparable), preferring fwd+bwd measurements; ties by name.
@@ -335,7 +337,9 @@ def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family
             variant = registry.get(entry["variant"], family)
         except ValueError:
             continue  # results of a variant this build does not have
-        if variant.unsupported_reason(problem) is not None or _usable_config(variant, entry, problem) is None:
+        if variant.unsupported_reason(problem) is not None or variant.backward_unsupported_reason(problem) is not None:
+            continue
+        if _usable_config(variant, entry, problem) is None:
             continue
         rank = _rank(entry, length, heads_batch)
         usable.append(((rank[0], rank[1], rank[2]), float(entry["median_ms"]), entry["variant"]))
