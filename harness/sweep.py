@@ -307,7 +307,8 @@ def run_sweep(
     ``harness.timing.benchmark`` (flush_l2, cuda_graph, min_reps, max_reps). ``timer`` replaces the
     real measurement (tests). Ceilings are measured once unless given (``ceilings``) or
     ``measure_roofline=False``.
-    A Ctrl-C stops the sweep after writing the rows measured so far (``interrupted=True``).
+    A Ctrl-C stops the sweep after writing the rows measured so far (``interrupted=True``); the files are
+    also rewritten after every item, so even a killed sweep leaves its finished rows.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -355,6 +356,8 @@ def run_sweep(
                 problem = shape.problem(dtype, device_type)
                 bar.update(task, description=f"{name} {mode} {problem.describe()}")
                 rows.append(_measure_one(name, family, mode, problem, configs.get(name), env, ceilings, timer))
+                # after every item: a sweep killed outright (not interrupted) keeps what it measured
+                write_results(out_dir, rows, env, ceilings)
                 bar.advance(task)
         except KeyboardInterrupt:
             interrupted = True

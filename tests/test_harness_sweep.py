@@ -128,6 +128,26 @@ def test_block_diag_sweep_skips_peers_and_records_block_size(tmp_path):
     assert peer["status"] == "skipped" and "delta_rule" in peer["reason"]
 
 
+def test_a_killed_sweep_leaves_the_rows_it_finished(tmp_path):
+    """The files are rewritten after every item: a sweep that dies outright (SystemExit stands in for a
+    SIGKILL, which no handler sees) still leaves what it measured before."""
+    calls = []
+
+    def dying_timer(name, problem, config, mode, family):
+        calls.append(name)
+        if len(calls) == 2:
+            raise SystemExit("killed")
+        return Timing([1.0, 1.1], method="fake")
+
+    shapes = sweep.grid([16], [16], tokens=16, hd=32)
+    with pytest.raises(SystemExit):
+        sweep.run_sweep(tmp_path, shapes=shapes, variants=["torch_chunk", "reference"], dtypes=[torch.float32],
+                        timer=dying_timer, ceilings=CEILINGS, progress=False)
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["variant"] == "torch_chunk" and row["status"] == "ok" and row["samples_ms"] == [1.0, 1.1]
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 1
+
+
 def test_a_real_small_sweep(tmp_path):
     result = sweep.run_sweep(
         tmp_path,
