@@ -396,10 +396,11 @@ def profile_command(
 
     import torch
 
-    from deltalab.harness.peers import is_peer
+    from deltalab.harness.peers import PEERS, is_peer
     from deltalab.harness.profile import breakdown_table, profile_variant
     from deltalab.harness.sweep import parse_dtype, parse_size
     from deltalab.harness.timing import MODES
+    from deltalab.variants import registry
     from deltalab.variants.registry import Problem
 
     use_interpreter_without_gpu()
@@ -414,6 +415,11 @@ def profile_command(
     bad = [m for m in _split_csv(modes) if m not in MODES]
     if bad:
         console.print(f"[red]--mode: unknown {', '.join(bad)} (expected {', '.join(MODES)})[/]")
+        raise typer.Exit(2)
+    unknown = [n for n in _split_csv(variant) if n not in registry.names() and not is_peer(n)]
+    if unknown:
+        console.print(f"[red]--variant: unknown {', '.join(unknown)} (registered: {', '.join(registry.names())}; "
+                      f"peers: {', '.join(PEERS)})[/]")
         raise typer.Exit(2)
     records = []
     for name in _split_csv(variant):

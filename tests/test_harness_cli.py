@@ -95,3 +95,30 @@ def test_sweep_rejects_bad_options(tmp_path):
     assert runner.invoke(app, ["sweep", "--variants", "nope", "--out", str(tmp_path)]).exit_code == 2
     assert runner.invoke(app, ["sweep", "--T", "4 kilo", "--out", str(tmp_path)]).exit_code == 2
     assert runner.invoke(app, ["sweep", "--family", "x", "--out", str(tmp_path)]).exit_code == 2
+
+
+def test_profile_breaks_a_call_down_by_kernel(tmp_path):
+    """`deltalab profile`: one table per (variant, mode) and a JSON of the per-name times; on CPU the names
+    are torch operators (our custom op appears as one), shares add up to one."""
+    out = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--B", "1", "--T", "32", "--H", "2", "--K", "16",
+                                 "--dtype", "fp32", "--mode", "fwd,fwd+bwd", "--calls", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "torch_chunk fwd B=1 T=32 H=2 K=16 V=16 float32" in result.output and "total" in result.output
+    records = json.loads(out.read_text())
+    assert [(r["variant"], r["mode"]) for r in records] == [("torch_chunk", "fwd"), ("torch_chunk", "fwd+bwd")]
+    for record in records:
+        kernels = record["kernels"]
+        assert kernels and all(k["us_per_call"] > 0 for k in kernels)
+        assert sum(k["share"] for k in kernels) == pytest.approx(1.0)
+        assert [k["us_per_call"] for k in kernels] == sorted((k["us_per_call"] for k in kernels), reverse=True)
+    assert any("delta_rule" in k["name"] for k in records[0]["kernels"])
+
+
+def test_profile_rejects_bad_arguments():
+    result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--mode", "sideways"])
+    assert result.exit_code == 2 and "--mode" in result.output
+    result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--T", "lots"])
+    assert result.exit_code == 2 and "size" in result.output
+    result = runner.invoke(app, ["profile", "--variant", "no_such_variant", "--T", "16", "--K", "16", "--H", "1"])
+    assert result.exit_code == 2 and "--variant: unknown no_such_variant" in result.output
