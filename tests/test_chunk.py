@@ -20,11 +20,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from deltalab.harness.numerics import random_inputs, rel_error, tolerance
 from deltalab.variants import delta_rule, registry
 from deltalab.variants.chunk import chunk_layout
 from deltalab.variants.chunk_config import DEFAULT_CONFIG, SPACE, constraints, padded, resolve_plan
+from deltalab.variants.chunk_intra import chunk_inverse, load_tm
 from deltalab.variants.registry import Problem
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter (tests/conftest.py)
@@ -148,6 +151,63 @@ def test_qk_l2norm_inside_op(poisoned_empty):
 
 
 # ---------------------------------------------------------------------------------------------- configs
+@triton.jit
+def _inverse_probe_kernel(k, beta, scratch, out, T, K: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Tm of chunk program_id(0) of one head ([T, 1, K] keys) into out [num_chunks, C, C]."""
+    chunk = tl.program_id(0)
+    start = chunk * C
+    workspace = scratch + chunk * C * C
+    chunk_inverse(k, beta, start, tl.minimum(start + C, T), 0, workspace, 1, K, C, BLOCK_K, "ieee", "ieee")
+    rows = tl.arange(0, C)
+    tl.store(out + chunk * C * C + rows[:, None] * C + rows[None, :], load_tm(workspace, C, False))
+
+
+def _inverse_reference(k: torch.Tensor, beta: torch.Tensor, C: int) -> torch.Tensor:
+    """(I + strict_lower(diag(b) K K^T))^{-1} per chunk in float64, [num_chunks, C, C] (identity rows
+    past the end of a partial last chunk)."""
+    T = k.shape[0]
+    out = []
+    for start in range(0, T, C):
+        kc = torch.zeros(C, k.shape[1], dtype=torch.float64)
+        bc = torch.zeros(C, dtype=torch.float64)
+        kc[: min(C, T - start)] = k[start:start + C].double().cpu()
+        bc[: min(C, T - start)] = beta[start:start + C].double().cpu()
+        a = torch.tril(bc[:, None] * (kc @ kc.T), -1)
+        eye = torch.eye(C, dtype=torch.float64)
+        out.append(torch.linalg.solve_triangular(eye + a, eye, upper=False))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("keys", ["random", "identical", "two_clusters"])
+def test_inverse_is_accurate_on_adversarial_keys(chunk_size, keys):
+    """The triangular inverse (16x16 forward substitution + row-block products in a workspace) against
+    float64 on normalised keys that are random, all identical (beta = 1: A is the strict lower triangle
+    of ones, whose Neumann series explodes while the inverse stays bounded) or two tight clusters; a
+    partial last chunk too. float32 keys, "ieee" products: relative error <= 1e-5."""
+    gen = torch.Generator().manual_seed(7)
+    T, K = 2 * chunk_size + 5, 48
+    if keys == "random":
+        k = torch.randn(T, K, generator=gen)
+        beta = torch.rand(T, generator=gen)
+    elif keys == "identical":
+        k = torch.randn(1, K, generator=gen).expand(T, K).clone()
+        beta = torch.ones(T)
+    else:
+        centres = torch.randn(2, K, generator=gen)
+        k = centres[torch.arange(T) % 2] + 1e-3 * torch.randn(T, K, generator=gen)
+        beta = 0.5 + 0.5 * torch.rand(T, generator=gen)
+    k = torch.nn.functional.normalize(k, dim=-1).to(DEVICE)
+    beta = beta.to(DEVICE)
+    num_chunks = triton.cdiv(T, chunk_size)
+    scratch = torch.full((num_chunks, chunk_size, chunk_size), float("nan"), device=DEVICE)
+    out = torch.full((num_chunks, chunk_size, chunk_size), float("nan"), device=DEVICE)
+    _inverse_probe_kernel[(num_chunks,)](k, beta, scratch, out, T, K=K, C=chunk_size, BLOCK_K=64)
+    ref = _inverse_reference(k, beta, chunk_size)
+    assert torch.isfinite(out).all()
+    assert rel_error(out, ref) <= 1e-5, rel_error(out, ref)
+
+
 def test_registered_with_its_space():
     variant = registry.get("chunk")
     assert variant.is_triton and variant.supports_backward and variant.varlen
