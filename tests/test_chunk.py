@@ -282,10 +282,15 @@ def test_chunk_layout_keeps_chunks_inside_sequences():
     assert fixed.num_chunks == 3 * 4 and fixed.chunk_table is None
 
 
-def test_default_plan_compiles_for_sm90_without_spills():
-    """The interpreter never compiles: compile every kernel of the default bf16 plan (chunk 64,
-    D = 128, the issue's shape) for sm_90 with Triton's bundled ptxas, and require that each fits the
-    H100/H200 shared memory and spills no registers (spills are what turn a scan latency-bound)."""
+@pytest.mark.parametrize("shape", [["--K", "128", "--V", "128"],
+                                   ["--K", "256", "--V", "256", "--H", "8", "--B", "4", "--T", "4096"]],
+                         ids=["D128-T16K", "D256-B4-T4K"])
+def test_default_plan_compiles_for_sm90_without_spills(shape):
+    """The interpreter never compiles: compile every kernel of the default bf16 plan (chunk 64) for sm_90
+    with Triton's bundled ptxas, and require that each fits the H100/H200 shared memory and spills no
+    registers (spills are what turn a scan latency-bound). Shapes: D = 128 (the issue's), and D = 256 at
+    B = 4, T = 4096 -- where the backward faulted on an H200 and the old automatic warps and WY tiles
+    spilled."""
     import subprocess
     import sys
 
@@ -296,8 +301,8 @@ def test_default_plan_compiles_for_sm90_without_spills():
         pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "128", "--V", "128",
-         "--chunk-size", "64"], capture_output=True, text=True, env=env, timeout=600,
+        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", *shape, "--chunk-size", "64"],
+        capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -148,9 +148,12 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
 # H = 8 (bf16, default config), at B = 1 and B = 4 with the first intra-chunk kernel (2026-11-29). With
 # the workspace-based one B = 1 passed (forward and every gradient against "recurrent"), but a later
 # regression-baseline run over T = 4096, B = 4, D = 64/128/256 faulted in a case it did not name (D = 256
-# is the suspect; compute-sanitizer's memcheck was clean at B = 1 T = 4096). Until that is understood,
-# the backward refuses head dims above this on CUDA with a clear error instead of corrupting the CUDA
-# context. (The interpreter is unaffected.)
+# is the suspect; compute-sanitizer's memcheck was clean at B = 1 T = 4096). The B = 4 plan differed from
+# B = 1's in 32-wide V tiles for the scans, whose kernels then ran at 255 registers with spills (as did
+# the WY backward); the automatic settings no longer spill there (tests/test_chunk.py compiles that plan),
+# but whether that was the fault is not verified on a GPU. Until it is, the backward refuses head dims
+# above this on CUDA with a clear error instead of corrupting the CUDA context. (The interpreter is
+# unaffected.)
 MAX_VERIFIED_BACKWARD_DIM = 128
 
 

@@ -136,7 +136,9 @@ def _state_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) ->
     loop = [isz * C * BK] * 3 + [isz * C * bv, isz * C * C]
     convert = isz * (BK * bv + C * bv) if isz < 4 else isz * C * bv
     smem = _pipelined(stages, loop) + convert
-    regs = (BK * bv + 2 * C * bv + 2 * C * BK * isz / 4) / (32 * warps)
+    # the float32 state, its input-dtype copy for the products, Vn / O, and the W / Q tiles: at K = 256
+    # with 32-wide V tiles this asks for 8 warps (4 spill on sm_90)
+    regs = (BK * bv * (1 + isz / 4) + 2 * C * bv + 2 * C * BK * isz / 4) / (32 * warps)
     return smem, regs
 
 
@@ -219,7 +221,8 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     )
     grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_tiles),
                    config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads", 8 if C >= 64 else 4)
-    block = config["block_wy"] or (64 if C <= 64 else 32)
+    # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256
+    block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
     wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
     return ChunkPlan(C, config["input_precision"], BK, intra, state, state_bwd, grads, wy)
 
