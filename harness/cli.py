@@ -377,17 +377,21 @@ def compare_command(
 
 @app.command("profile")
 def profile_command(
-    variant: str = typer.Option("chunk", "--variant", help="Comma-separated variants and/or peers (fla_chunk, fla_recurrent, sdpa)."),
-    batch: int = typer.Option(1, "--B", help="Batch size."),
+    variant: str = typer.Option(
+        "chunk", "--variant", help="Comma-separated variants and/or peers (fla_chunk, fla_recurrent, sdpa)."
+    ),
+    batch: int = typer.Option(1, "--B", min=1, help="Batch size."),
     seq_len: str = typer.Option("4K", "--T", help="Sequence length, e.g. 4096 or 4K."),
-    heads: int = typer.Option(16, "--H", help="Heads."),
-    key_dim: int = typer.Option(128, "--K", help="Key head dim."),
-    value_dim: int | None = typer.Option(None, "--V", help="Value head dim (default: K)."),
+    heads: int = typer.Option(16, "--H", min=1, help="Heads."),
+    key_dim: int = typer.Option(128, "--K", min=1, help="Key head dim."),
+    value_dim: int | None = typer.Option(None, "--V", min=1, help="Value head dim (default: K)."),
     dtype: str = typer.Option("bf16", "--dtype", help="Input dtype."),
     modes: str = typer.Option("fwd,fwd+bwd", "--mode", help="Comma-separated modes: fwd, bwd, fwd+bwd."),
-    config: str | None = typer.Option(None, "--config", help="A JSON config for our variants (default: the op's choice)."),
-    calls: int = typer.Option(5, "--calls", help="Profiled calls (averaged)."),
-    top: int = typer.Option(12, "--top", help="Kernels listed per table."),
+    config: str | None = typer.Option(
+        None, "--config", help="A JSON config for our variants (default: the op's choice)."
+    ),
+    calls: int = typer.Option(5, "--calls", min=1, help="Profiled calls (averaged)."),
+    top: int = typer.Option(12, "--top", min=1, help="Kernels listed per table."),
     json_out: str | None = typer.Option(None, "--json", help="Also write every breakdown as JSON."),
 ) -> None:
     """Per-kernel time breakdown (torch.profiler) of each variant / peer on one shape: which stage of a
@@ -405,13 +409,16 @@ def profile_command(
 
     use_interpreter_without_gpu()
     _widen_console_for_logs()
-    try:
-        problem = Problem(B=batch, T=parse_size(seq_len), H=heads, K=key_dim, V=value_dim or key_dim,
-                          dtype=parse_dtype(dtype), device="cuda" if torch.cuda.is_available() else "cpu")
-        parsed_config = json.loads(config) if config else None
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2)
+    parsed = {}
+    for option, parse, text in (("--T", parse_size, seq_len), ("--dtype", parse_dtype, dtype),
+                                ("--config", json.loads, config or "null")):
+        try:
+            parsed[option] = parse(text)
+        except ValueError as exc:
+            console.print(f"[red]{option}: {exc}[/]")
+            raise typer.Exit(2)
+    problem = Problem(B=batch, T=parsed["--T"], H=heads, K=key_dim, V=value_dim or key_dim, dtype=parsed["--dtype"],
+                      device="cuda" if torch.cuda.is_available() else "cpu")
     bad = [m for m in _split_csv(modes) if m not in MODES]
     if bad:
         console.print(f"[red]--mode: unknown {', '.join(bad)} (expected {', '.join(MODES)})[/]")
@@ -425,7 +432,8 @@ def profile_command(
     for name in _split_csv(variant):
         for mode in _split_csv(modes):
             try:
-                rows = profile_variant(name, problem, mode, config=None if is_peer(name) else parsed_config, calls=calls)
+                config_used = None if is_peer(name) else parsed["--config"]
+                rows = profile_variant(name, problem, mode, config=config_used, calls=calls)
             except (ValueError, NotImplementedError, RuntimeError) as exc:
                 console.print(f"[yellow]{name} {mode}: {str(exc)[:300]}[/]")
                 continue

@@ -37,7 +37,9 @@ def _short(name: str, width: int = 70) -> str:
     return name if len(name) <= width else name[: width - 24] + "..." + name[-21:]
 
 
-def kernel_breakdown(fn: Callable[[], object], calls: int = 5, warmup: int = 2, device: Optional[torch.device] = None) -> list[KernelTime]:
+def kernel_breakdown(
+    fn: Callable[[], object], calls: int = 5, warmup: int = 2, device: Optional[torch.device] = None
+) -> list[KernelTime]:
     """Per-name device time of ``fn()``, averaged over ``calls`` profiled calls (after ``warmup`` calls that
     compile and fill caches), longest first. Raises ValueError when ``calls`` < 1."""
     from torch.profiler import ProfilerActivity, profile

@@ -119,6 +119,8 @@ def test_profile_rejects_bad_arguments():
     result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--mode", "sideways"])
     assert result.exit_code == 2 and "--mode" in result.output
     result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--T", "lots"])
-    assert result.exit_code == 2 and "size" in result.output
+    assert result.exit_code == 2 and "--T: expected a size" in result.output
+    result = runner.invoke(app, ["profile", "--variant", "torch_chunk", "--config", "{chunk_size: 16"])
+    assert result.exit_code == 2 and "--config:" in result.output
     result = runner.invoke(app, ["profile", "--variant", "no_such_variant", "--T", "16", "--K", "16", "--H", "1"])
     assert result.exit_code == 2 and "--variant: unknown no_such_variant" in result.output
