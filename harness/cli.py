@@ -497,6 +497,10 @@ def tune_command(
     warmup_ms: float = typer.Option(None, "--warmup-ms", help="Warm-up per timing (default 25 ms on a GPU, 5 on CPU)."),
     rep_ms: float = typer.Option(None, "--rep-ms", help="Timed span per timing (default 100 ms on a GPU, 20 on CPU)."),
     tag: str = typer.Option("", "--tag", help="Appended to the study names: keeps separate experiments apart in one storage."),
+    keys: str | None = typer.Option(
+        None, "--keys", help="Comma-separated config keys to search (others stay at their defaults; chunk: 0 = automatic). "
+        "Each must belong to a tuned variant; a variant with none of them is searched whole.",
+    ),
     json_out: str = typer.Option(None, "--json", help="Also write the outcomes as JSON to this file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
 ) -> None:
@@ -528,13 +532,19 @@ def tune_command(
         variants = variants or session.default_variants(family, device_type)
         for name in variants:
             registry.get(name, family)  # ValueError naming the known variants
+        search_keys = tuple(_split_csv(keys))
+        known_keys = {key for name in variants for key in registry.get(name, family).space}
+        unknown = [key for key in search_keys if key not in known_keys]
+        if unknown:
+            raise ValueError(f"--keys: {', '.join(unknown)} not in the space of {', '.join(variants)} "
+                             f"(keys: {', '.join(sorted(known_keys))})")
         batch = jobs or (min(8, os.cpu_count() or 1) if device_type == "cuda" else 1)
         gpu = device_type == "cuda"
         settings = TuneSettings(
             mode=mode, trials=trials or (16 if quick else 64 if gpu else 8), sampler=sampler, seed=seed, batch_size=batch,
             select=select, top_k=top_k, rounds=rounds or (4 if quick else 8 if gpu else 3),
             warmup_ms=warmup_ms or (25.0 if gpu else 5.0),
-            rep_ms=rep_ms or (100.0 if gpu else 20.0), tag=tag,
+            rep_ms=rep_ms or (100.0 if gpu else 20.0), tag=tag, keys=search_keys,
         )  # fmt: skip
         store = storages.open_storage(storage)
     except ValueError as exc:

@@ -451,6 +451,8 @@ def test_cli_tune_then_export(tmp_path):
     assert json.loads(out.read_text())["entries"][0]["config"] == row["winner"]
     result = CliRunner().invoke(app, ["export", "--storage", str(tmp_path / "empty.db"), "--out", str(out)])
     assert result.exit_code == 1 and "no study" in result.output
+    result = CliRunner().invoke(app, ["tune", "--variant", "torch_chunk", "--device", "cpu", "--keys", "chunk_size,warps"])
+    assert result.exit_code == 2 and "--keys: warps not in the space of torch_chunk" in result.output
 
 
 def test_auto_skips_tuned_variants_whose_backward_refuses(recording_variant, tmp_path, monkeypatch):
@@ -466,6 +468,43 @@ def test_auto_skips_tuned_variants_whose_backward_refuses(recording_variant, tmp
     monkeypatch.setattr(registry.get(name), "backward_limit", lambda p: "refused for the test")
     tuned.clear_cache()
     assert tuned.best_variant(problem, "delta_rule") is None
+
+
+def test_keys_restrict_the_search_and_name_their_own_study(storage):
+    """``keys``: only the listed keys are searched, the others stay at their defaults (what reaches the
+    forward), and the restricted search is a study of its own. On the real chunk space too."""
+    record: list[dict] = []
+
+    def forward(q, k, v, beta, *, config, **kw):
+        record.append(dict(config))
+        return torch_chunk_forward(q, k, v, beta, config={"chunk_size": config["chunk_size"]}, **kw)
+
+    name = "tuner_two_keys"
+    registry.register(
+        name, backward=autograd_backward(forward), devices=("cpu",), dtypes=(torch.float32, torch.float64),
+        space={"chunk_size": (8, 16, 32), "pad": (0, 1, 2)}, default_config={"chunk_size": 32, "pad": 0},
+    )(forward)
+    try:
+        study = runner(name, storage, FakeTimer({8: 3.0, 16: 1.0, 32: 2.0}), keys=("chunk_size", "not_mine"))
+        assert study.space.keys == ["chunk_size"] and study.space.size == 3
+        assert study.name.endswith("/keys-chunk_size")
+        outcome = study.run()
+        assert outcome.winner == {"chunk_size": 16}
+        assert sorted(c["chunk_size"] for c in ok_configs(study.study)) == [8, 16, 32]
+        assert all(set(c) == {"chunk_size"} for c in ok_configs(study.study))
+        assert record and all(c["pad"] == 0 for c in record)
+        whole = runner(name, storage, FakeTimer({8: 3.0, 16: 1.0, 32: 2.0}))
+        assert whole.space.size == 9 and whole.name != study.name
+    finally:
+        registry.unregister(name)
+
+    chunk = registry.get("chunk")
+    space = SearchSpace(chunk, Problem(1, 4096, 32, 64, 64, torch.bfloat16, device="cuda"), ("block_v", "chunk_size"))
+    assert space.keys == ["block_v", "chunk_size"]
+    assert space.size == len(chunk.space["block_v"]) * len(chunk.space["chunk_size"]) < chunk.space_size()
+    assert space.default == {"block_v": 0, "chunk_size": 64} and space.reason(space.default) is None
+    assert len(list(space.points())) == space.size
+    assert "exceeds" in space.reason({"block_v": 128, "chunk_size": 64})  # V = 64: a 128-wide tile
 
 
 # ---------------------------------------------------------------------------------------------- GPU

@@ -9,7 +9,9 @@ applied to every suggested config before anything compiles. Configs are compared
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -27,24 +29,30 @@ def config_key(config: Config) -> str:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The tunable keys of ``variant`` (sorted) with their allowed values, for ``problem``."""
+    """The tunable keys of ``variant`` (sorted) with their allowed values, for ``problem``.
+
+    ``only``: search just these keys (those the variant has); every other key stays at its default
+    (for chunk, 0 = the automatic choice). Empty, or none of them the variant's: the whole space.
+    """
 
     variant: Variant
     problem: Problem
+    only: tuple = ()
 
     @property
     def params(self) -> dict[str, list]:
         """Key -> allowed values, as Optuna categorical choices."""
-        return {key: list(self.variant.space[key]) for key in sorted(self.variant.space)}
+        return {key: list(self.variant.space[key]) for key in self.keys}
 
     @property
     def keys(self) -> list[str]:
-        return sorted(self.variant.space)
+        chosen = [key for key in self.only if key in self.variant.space]
+        return sorted(chosen or self.variant.space)
 
     @property
     def size(self) -> int:
         """Points in the cartesian product (constraints not applied)."""
-        return self.variant.space_size()
+        return math.prod(len(self.variant.space[key]) for key in self.keys)
 
     @property
     def default(self) -> Config:
@@ -76,7 +84,8 @@ class SearchSpace:
         """Every point of the space, constraints not applied, the default config first."""
         default = self.default
         yield dict(default)
-        for config in self.variant.iter_configs():
+        for values in itertools.product(*(self.variant.space[key] for key in self.keys)):
+            config = dict(zip(self.keys, values))
             if config != default:
                 yield config
 

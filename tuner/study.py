@@ -86,6 +86,7 @@ class TuneSettings:
     max_unproductive: int = 25  # consecutive batches with nothing new and valid: the search stops
     wait_for_others_s: float = 900.0  # before selecting, for other workers' running trials
     tag: str = ""  # appended to study names: separate experiments in one storage
+    keys: tuple = ()  # search only these config keys (others at their defaults); empty: all
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -323,9 +324,11 @@ class StudyRunner:
         no_backward = self.variant.backward_unsupported_reason(self.problem) if self.settings.mode != "fwd" else None
         if no_backward is not None:
             raise ValueError(f"mode: variant {variant!r} cannot run the backward here ({no_backward}); tune it with mode 'fwd'")
-        self.space = SearchSpace(self.variant, self.problem)
+        self.space = SearchSpace(self.variant, self.problem, tuple(self.settings.keys))
         self.ident = tuned.device_identity(self.device)
         self.name = study_name(family, self.variant.name, self.problem, self.settings.mode, self.ident)
+        if set(self.space.keys) != set(self.variant.space):
+            self.name += "/keys-" + ",".join(self.space.keys)  # a restricted search is its own study
         if self.settings.tag:
             self.name += "/" + self.settings.tag
         self.strategy = choose(self.settings.sampler, self.space, self.settings.trials)
