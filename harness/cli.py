@@ -498,8 +498,9 @@ def tune_command(
     rep_ms: float = typer.Option(None, "--rep-ms", help="Timed span per timing (default 100 ms on a GPU, 20 on CPU)."),
     tag: str = typer.Option("", "--tag", help="Appended to the study names: keeps separate experiments apart in one storage."),
     keys: str | None = typer.Option(
-        None, "--keys", help="Comma-separated config keys to search (others stay at their defaults; chunk: 0 = automatic). "
-        "Each must belong to a tuned variant; a variant with none of them is searched whole.",
+        None, "--keys",
+        help="Comma-separated config keys to search (others stay at their defaults; chunk: 0 = automatic). Each "
+        "must belong to a tuned variant; a variant with none of them is searched whole.",
     ),
     json_out: str = typer.Option(None, "--json", help="Also write the outcomes as JSON to this file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
