@@ -125,6 +125,19 @@ def test_varlen_with_initial_state(poisoned_empty, chunk_size, dtype):
     assert torch.equal(out["final_state"][1], inputs.initial_state[1])
 
 
+@pytest.mark.parametrize("chunk_size, dtype", [(16, torch.float32), (64, torch.float16), (128, torch.float32)])
+def test_stored_inverse_for_the_wy_backward(poisoned_empty, chunk_size, dtype):
+    """wy_inverse="stored": the backward's intra-chunk recompute writes Tm and the WY kernel reads it
+    instead of inverting again -- same answers, packed sequences and partial chunks included."""
+    problem = Problem(B=1, T=150, H=2, K=48, V=40, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
+    inputs = random_inputs(problem, seed=8, device=DEVICE)
+    inputs.cu_seqlens = torch.tensor([0, 37, 37 + min(chunk_size, 64) + 9, 150], dtype=torch.int32, device=DEVICE)
+    config = {"chunk_size": chunk_size, "input_precision": "ieee", "wy_inverse": "stored"}
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).store_tm
+    out = run_op("chunk", inputs, config)
+    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"stored Tm, chunk {chunk_size}")
+
+
 def test_forward_without_states_matches_reference(poisoned_empty):
     problem = Problem(B=1, T=50, H=1, K=32, V=32, dtype=torch.float32, device=DEVICE)
     inputs = random_inputs(problem, seed=5, device=DEVICE, initial_state=False)

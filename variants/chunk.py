@@ -7,11 +7,12 @@ Forward, two kernels (../shared/deltanet.md):
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
 Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
 states and Vn are recomputed (memory linear in T):
-  1. chunk_intra.py again (W, U, Aqk);
+  1. chunk_intra.py again (W, U, Aqk; with wy_inverse="stored" also Tm, for stage 5);
   2. chunk_state.py storing every chunk's entering state h_c and Vn (no output);
   3. chunk_backward_state.py -- reverse scan: dh per chunk, dVn (= dU), the initial state's gradient;
   4. chunk_backward_grads.py -- per chunk: dQ, dK (partial), dW;
-  5. chunk_backward_wy.py    -- per chunk: back through the UT transform: dK, dV, dbeta.
+  5. chunk_backward_wy.py    -- per chunk: back through the UT transform: dK, dV, dbeta (its own
+                                inverse, or the stored Tm).
 
 Packed batches (cu_seqlens, B == 1): chunks never straddle sequences; the host builds the per-chunk
 token ranges and each sequence's first chunk index from cu_seqlens. Launch settings: chunk_config.py.
@@ -82,8 +83,10 @@ def persistent_grid(num_tiles: int, chunk_size: int, device) -> tuple[int, torch
     return programs, torch.empty(programs, chunk_size, chunk_size, dtype=torch.float32, device=device)
 
 
-def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float):
-    """Stage 1: W [B,T,H,K], U [B,T,H,V], Aqk [B,T,H,C] in the input dtype."""
+def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
+           tm_out: Optional[torch.Tensor] = None):
+    """Stage 1: W [B,T,H,K], U [B,T,H,V], Aqk [B,T,H,C] in the input dtype (and Tm into ``tm_out``,
+    [B,T,H,C], when given)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = plan.chunk_size
@@ -94,10 +97,10 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float):
         launch = plan.intra
         programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
         chunk_intra_fwd_kernel[(programs,)](
-            q, k, v, beta, w, u, aqk, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
+            q, k, v, beta, w, u, aqk, tm_out, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
             H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
             IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
-            num_warps=launch.warps, num_stages=launch.stages,
+            STORE_TM=tm_out is not None, num_warps=launch.warps, num_stages=launch.stages,
         )
     return w, u, aqk
 
@@ -188,7 +191,8 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
 
     # B1, B2: recompute W, U, Aqk, then every chunk's entering state (input dtype, as the products use
     # it) and Vn
-    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+    tm = torch.empty(B, T, H, C, dtype=q.dtype, device=q.device) if plan.store_tm else None
+    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale, tm_out=tm)
     states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
     v_new = torch.empty_like(v)
     _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
@@ -223,9 +227,10 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     launch = plan.wy
     programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
     chunk_wy_bwd_kernel[(programs,)](
-        k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, scratch, layout.chunk_table, T, layout.num_chunks * H,
+        k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, tm, scratch, layout.chunk_table, T, layout.num_chunks * H,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
-        PRECISION=plan.precision, INV_PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
+        PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None,
+        num_warps=launch.warps, num_stages=launch.stages,
     )
     return dq, dk, dv, dbeta, dh0
 

@@ -41,9 +41,11 @@ def _kernels(plan, problem):
     scalars = {"T": "i32", "scale": "fp32", "num_tiles": "i32"}
     pr = plan.precision
     scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
-    return [
-        ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
-         dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr), plan.intra),
+    intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr)
+    stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
+               dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm else []
+    return stored + [
+        ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
         ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
@@ -53,7 +55,8 @@ def _kernels(plan, problem):
         ("grads", chunk_grads_kernel, {**ints, **f32("dk_partial")}, scalars,
          dict(common, BLOCK_K=plan.grads.block_k, BLOCK_V=plan.grads.block_v, PRECISION=pr), plan.grads),
         ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial", "scratch")}, {"T": "i32", "num_tiles": "i32"},
-         dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr), plan.wy),
+         dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr,
+              LOAD_TM=plan.store_tm), plan.wy),
     ]
 
 

@@ -1,7 +1,8 @@
 """Backward stage B4 of variant "chunk": back through the UT transform, one (chunk, head) tile at a time.
 
 With X = diag(b) K, Y = diag(b) V, W = Tm X, U = Tm Y and Tm = (I + A)^{-1} recomputed in float32 by
-``chunk_inverse`` (../shared/deltanet.md):
+``chunk_inverse`` (or, with LOAD_TM, read from the input-dtype copy the backward's intra-chunk recompute
+stored) (../shared/deltanet.md):
 
     dY  = Tm^T dU                   -> dv = b (.) dY,   db += rowsum(dY (.) V)
     dTm = dW X^T + dU Y^T           [C, C]
@@ -24,10 +25,10 @@ from .chunk_intra import chunk_bounds, chunk_inverse, load_tm
 
 @triton.jit
 def chunk_wy_bwd_kernel(
-    k, v, beta, dw, du, dk_partial, dk, dv, dbeta, scratch, chunk_table, T, num_tiles,
+    k, v, beta, dw, du, dk_partial, dk, dv, dbeta, tm_in, scratch, chunk_table, T, num_tiles,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, LOAD_TM: tl.constexpr,
 ):
     """dk, dv, dbeta of tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
@@ -35,14 +36,19 @@ def chunk_wy_bwd_kernel(
         pid_chunk = tile // H
         head = tile % H
         start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
-        chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
         rows = tl.arange(0, C)
         tok = start + rows
         tmask = tok < end
+        if LOAD_TM:
+            # Tm^T from the copy the intra-chunk recompute stored (rows past the chunk's end read as 0:
+            # they only ever meet zero rows of dW, dU, K and V)
+            tm_op_t = tl.load(tm_in + (tok * H + head)[None, :] * C + rows[:, None], mask=tmask[None, :], other=0.0)
+        else:
+            chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+            # Tm^T in the input dtype straight from the workspace: no float32 [C, C] tile held
+            # (registers are this kernel's bottleneck)
+            tm_op_t = load_tm(scratch, C, True).to(k.dtype.element_ty)
         b = tl.load(beta + tok * H + head, mask=tmask, other=0.0).to(tl.float32)
-        # Tm^T in the input dtype straight from the workspace: no float32 [C, C] tile held (registers
-        # are this kernel's bottleneck)
-        tm_op_t = load_tm(scratch, C, True).to(k.dtype.element_ty)
         dtm = tl.zeros([C, C], dtype=tl.float32)
         dbeta_acc = tl.zeros([C], dtype=tl.float32)
 

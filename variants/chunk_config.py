@@ -16,6 +16,9 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
+    wy_inverse          where the WY backward gets Tm: "recompute" (its own inverse, like the forward)
+                        or "stored" (the backward's intra-chunk recompute also writes Tm in the input
+                        dtype -- the size of Aqk -- and the WY kernel reads it: no second inverse)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -60,10 +63,11 @@ SPACE: dict[str, tuple] = {
     "block_wy": _TILES,
     "warps_wy": _WARPS,
     "stages_wy": _STAGES,
+    "wy_inverse": ("recompute", "stored"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="recompute")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -103,6 +107,7 @@ class ChunkPlan:
     chunk_size: int
     precision: str
     key_tile: int  # padded K: the scans hold the whole key dimension of the state
+    store_tm: bool  # backward: the intra-chunk recompute stores Tm for the WY kernel (wy_inverse="stored")
     intra: Launch
     state: Launch
     state_bwd: Launch
@@ -224,7 +229,7 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256
     block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
     wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
-    return ChunkPlan(C, config["input_precision"], BK, intra, state, state_bwd, grads, wy)
+    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", intra, state, state_bwd, grads, wy)
 
 
 def constraints(config: Config, problem: Problem) -> Optional[str]:

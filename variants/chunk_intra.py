@@ -134,12 +134,13 @@ def load_tm(scratch, C: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 @triton.jit
 def chunk_intra_fwd_kernel(
-    q, k, v, beta, w, u, aqk, scratch, chunk_table, T, scale, num_tiles,
+    q, k, v, beta, w, u, aqk, tm_out, scratch, chunk_table, T, scale, num_tiles,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, STORE_TM: tl.constexpr,
 ):
-    """Aqk, then W and U, of tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
+    """Aqk, then W and U (and with STORE_TM Tm in the input dtype, laid out like Aqk), of tiles
+    program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
     rows = tl.arange(0, C)
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
@@ -163,6 +164,8 @@ def chunk_intra_fwd_kernel(
         tm = load_tm(scratch, C, False)
         b = tl.load(beta + tok * H + head, mask=row_mask, other=0.0).to(tl.float32)
         tm_op = tm.to(k.dtype.element_ty)
+        if STORE_TM:
+            tl.store(tm_out + (tok * H + head)[:, None] * C + rows[None, :], tm_op, mask=row_mask[:, None])
         for d0 in range(0, K, BLOCK_K):
             dd = d0 + tl.arange(0, BLOCK_K)
             m = row_mask[:, None] & (dd < K)[None, :]
