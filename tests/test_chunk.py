@@ -353,6 +353,13 @@ def test_gpu_matches_reference(poisoned_empty, dtype, chunk_size, K, V):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_stored_inverse_for_the_wy_backward(poisoned_empty, dtype):
+    problem = Problem(B=2, T=500, H=3, K=128, V=96, dtype=dtype, device="cuda")
+    check_against_reference(problem, {"chunk_size": 64, "input_precision": "ieee", "wy_inverse": "stored"})
+
+
+@pytest.mark.gpu
 def test_gpu_backward_above_128_refuses_clearly():
     problem = Problem(B=1, T=64, H=1, K=256, V=64, dtype=torch.bfloat16, device="cuda")
     inputs = random_inputs(problem, seed=3, device="cuda")
