@@ -258,6 +258,25 @@ def throughput_figure(ok: pd.DataFrame, caption: str, mode: str, family: str = "
 MODE_SYMBOLS = {"fwd": "circle", "fwd+bwd": "diamond", "bwd": "square"}  # marker per mode
 
 
+def add_shape_markers(fig: go.Figure, rows: pd.DataFrame, colours: dict, *, x: str, y: str, extra: str,
+                      detail: str) -> None:
+    """One marker trace per (variant label, mode) -- colour by variant, symbol by mode -- of ``rows``'
+    columns ``x`` and ``y``; the hover names the shape, then ``detail``, which may use ``%{customdata[4]}``
+    (the column ``extra``)."""
+    for (label, mode), group in rows.groupby(["label", "mode"], sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=group[x], y=group[y], mode="markers", name=f"{label} {mode}",
+                marker={"color": colours.get(label), "symbol": MODE_SYMBOLS.get(mode, "x"), "size": 9, "opacity": 0.85},
+                customdata=group[["B", "T", "H", "head_dim", extra, "dtype"]].to_numpy(),
+                hovertemplate=(
+                    f"{label} {mode}<br>B=%{{customdata[0]}} T=%{{customdata[1]}} H=%{{customdata[2]}} "
+                    f"D=%{{customdata[3]}} %{{customdata[5]}}<br>{detail}<extra></extra>"
+                ),
+            )  # fmt: skip
+        )
+
+
 def floor_figure(ok: pd.DataFrame, caption: str) -> Optional[go.Figure]:
     """Measured median time against the roofline floor (max of FLOP time and byte time) of each
     variant/shape/mode, log-log; lines mark 1x (the floor), 10x and 100x the floor."""
@@ -266,19 +285,8 @@ def floor_figure(ok: pd.DataFrame, caption: str) -> Optional[go.Figure]:
         return None
     colours = colour_map(ok["label"])
     fig = go.Figure()
-    for (label, mode), group in rows.groupby(["label", "mode"], sort=False):
-        fig.add_trace(
-            go.Scatter(
-                x=group["floor_ms"], y=group["median_ms"], mode="markers", name=f"{label} {mode}",
-                marker={"color": colours.get(label), "symbol": MODE_SYMBOLS.get(mode, "x"), "size": 9, "opacity": 0.85},
-                customdata=group[["B", "T", "H", "head_dim", "floor_ratio", "dtype"]].to_numpy(),
-                hovertemplate=(
-                    f"{label} {mode}<br>B=%{{customdata[0]}} T=%{{customdata[1]}} H=%{{customdata[2]}} "
-                    "D=%{customdata[3]} %{customdata[5]}<br>measured %{y:.3f} ms, floor %{x:.4f} ms<br>"
-                    "%{customdata[4]:.1f}x the floor<extra></extra>"
-                ),
-            )  # fmt: skip
-        )
+    add_shape_markers(fig, rows, colours, x="floor_ms", y="median_ms", extra="floor_ratio",
+                      detail="measured %{y:.3f} ms, floor %{x:.4f} ms<br>%{customdata[4]:.1f}x the floor")
     low, high = rows["floor_ms"].min() / 1.5, rows["floor_ms"].max() * 1.5
     for factor, text in ((1, "floor"), (10, "10x floor"), (100, "100x floor")):
         fig.add_trace(
@@ -313,19 +321,8 @@ def roofline_figure(ok: pd.DataFrame, ceilings: dict, caption: str) -> Optional[
     rows = rows.assign(intensity=rows["tflops"] * 1e3 / rows["gbps"])  # FLOP per byte
     colours = colour_map(ok["label"])
     fig = go.Figure()
-    for (label, mode), group in rows.groupby(["label", "mode"], sort=False):
-        fig.add_trace(
-            go.Scatter(
-                x=group["intensity"], y=group["tflops"], mode="markers", name=f"{label} {mode}",
-                marker={"color": colours.get(label), "symbol": MODE_SYMBOLS.get(mode, "x"), "size": 9, "opacity": 0.85},
-                customdata=group[["B", "T", "H", "head_dim", "gbps", "dtype"]].to_numpy(),
-                hovertemplate=(
-                    f"{label} {mode}<br>B=%{{customdata[0]}} T=%{{customdata[1]}} H=%{{customdata[2]}} "
-                    "D=%{customdata[3]} %{customdata[5]}<br>%{y:.1f} TFLOP/s, %{customdata[4]:.0f} GB/s, "
-                    "%{x:.1f} FLOP/byte<extra></extra>"
-                ),
-            )  # fmt: skip
-        )
+    add_shape_markers(fig, rows, colours, x="intensity", y="tflops", extra="gbps",
+                      detail="%{y:.1f} TFLOP/s, %{customdata[4]:.0f} GB/s, %{x:.1f} FLOP/byte")
     low, high = rows["intensity"].min() / 2, rows["intensity"].max() * 2
     for dtype in sorted(rows["dtype"].unique()):
         peak = peak_tflops(ceilings, dtype)
