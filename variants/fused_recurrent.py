@@ -57,6 +57,31 @@ THREADS_PER_WARP = 32
 
 
 # --------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _program_tile(cu_seqlens_ptr, seq_len_arg, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """What a recurrent program (program_id 0 = sequence n * H + head h, program_id 1 = V tile) works on:
+    its head, the sequence's first flat token and length, the state tile's key / value offsets and masks,
+    and the tile's offsets into an [N, H, K, V] state tensor."""
+    i_nh = tl.program_id(0).to(tl.int64)
+    i_v = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens_ptr + i_n).to(tl.int64)
+        seq_len = (tl.load(cu_seqlens_ptr + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = i_n * seq_len_arg
+        seq_len = seq_len_arg
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+    mask_h = mask_k[:, None] & mask_v[None, :]
+    state_offs = i_nh * K * V + offs_k[:, None] * V + offs_v[None, :]
+    return i_h, bos, seq_len, offs_k, offs_v, mask_k, mask_v, mask_h, state_offs
+
+
 @triton.jit(do_not_specialize=["seq_len_arg"])
 def _recurrent_fwd_kernel(
     q_ptr,  # [B, T, H, K]
@@ -86,23 +111,9 @@ def _recurrent_fwd_kernel(
     NUM_STAGES: tl.constexpr,
 ):
     """One program: sequence n, head h (program_id 0 = n * H + h) and V tile program_id 1, all tokens."""
-    i_nh = tl.program_id(0).to(tl.int64)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens_ptr + i_n).to(tl.int64)
-        seq_len = (tl.load(cu_seqlens_ptr + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        bos = i_n * seq_len_arg
-        seq_len = seq_len_arg
-
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_h = mask_k[:, None] & mask_v[None, :]
-    state_offs = i_nh * K * V + offs_k[:, None] * V + offs_v[None, :]
+    i_h, bos, seq_len, offs_k, offs_v, mask_k, mask_v, mask_h, state_offs = _program_tile(
+        cu_seqlens_ptr, seq_len_arg, H, K, V, BLOCK_K, BLOCK_V, IS_VARLEN
+    )
 
     # the state tile h [BLOCK_K, BLOCK_V]; padded rows and columns stay zero throughout
     if HAS_H0:
@@ -222,23 +233,9 @@ def _recurrent_bwd_kernel(
     NUM_STAGES: tl.constexpr,
 ):
     """One program: sequence n, head h, one V tile; walks the tokens from last to first."""
-    i_nh = tl.program_id(0).to(tl.int64)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens_ptr + i_n).to(tl.int64)
-        seq_len = (tl.load(cu_seqlens_ptr + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        bos = i_n * seq_len_arg
-        seq_len = seq_len_arg
-
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_h = mask_k[:, None] & mask_v[None, :]
-    state_offs = i_nh * K * V + offs_k[:, None] * V + offs_v[None, :]
+    i_h, bos, seq_len, offs_k, offs_v, mask_k, mask_v, mask_h, state_offs = _program_tile(
+        cu_seqlens_ptr, seq_len_arg, H, K, V, BLOCK_K, BLOCK_V, IS_VARLEN
+    )
 
     h = tl.load(ht_ptr + state_offs, mask=mask_h, other=0.0)  # h_T [BLOCK_K, BLOCK_V]
     if HAS_DHT:
