@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_state import sequence_bounds
+from .chunk_state import scan_tile
 
 
 @triton.jit
@@ -28,22 +28,12 @@ def chunk_state_bwd_kernel(
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Reverse scan of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K."""
-    pid_v = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    head = pid_sh % H
-    start, end, first_chunk = sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C, IS_VARLEN)
-    num_chunks = tl.cdiv(end - start, C)
-
-    dk = tl.arange(0, BLOCK_K)
-    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    kmask = dk < K
-    vmask = dv < V
-    state_offs = dk[:, None] * V + dv[None, :]
-    state_mask = kmask[:, None] & vmask[None, :]
+    head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
+        cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
+    )
     dstate = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
     if HAS_DHT:
-        dstate += tl.load(dht + (seq * H + head).to(tl.int64) * K * V + state_offs, mask=state_mask, other=0.0)
+        dstate += tl.load(dht + state_base + state_offs, mask=state_mask, other=0.0)
     rows = tl.arange(0, C)
 
     for i in range(num_chunks):
@@ -68,4 +58,4 @@ def chunk_state_bwd_kernel(
         dstate -= tl.dot(w_tile_t, dv_new_op, input_precision=PRECISION)
 
     if STORE_DH0:
-        tl.store(dh0 + (seq * H + head).to(tl.int64) * K * V + state_offs, dstate, mask=state_mask)
+        tl.store(dh0 + state_base + state_offs, dstate, mask=state_mask)

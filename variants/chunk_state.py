@@ -35,6 +35,30 @@ def sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C: tl.constexpr, IS_VARLE
 
 
 @triton.jit
+def scan_tile(cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+              C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """What a scan program (program_id(0) = V tile, program_id(1) = sequence * H + head) works on, for
+    this scan and the reverse one (chunk_backward_state.py): head; the sequence's token range
+    [start, end), first global chunk and chunk count; the state tile's key / value offsets and masks,
+    its offsets and mask in a [K, V] state, and the offset of this (sequence, head)'s state in an
+    [N, H, K, V] tensor."""
+    pid_v = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    seq = pid_sh // H
+    head = pid_sh % H
+    start, end, first_chunk = sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C, IS_VARLEN)
+    num_chunks = tl.cdiv(end - start, C)
+    dk = tl.arange(0, BLOCK_K)
+    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    kmask = dk < K
+    vmask = dv < V
+    state_offs = dk[:, None] * V + dv[None, :]
+    state_mask = kmask[:, None] & vmask[None, :]
+    state_base = (seq * H + head).to(tl.int64) * K * V
+    return head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base
+
+
+@triton.jit
 def chunk_state_fwd_kernel(
     q, k, w, u, aqk, o, h0, ht, states, vn_out, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
@@ -43,22 +67,12 @@ def chunk_state_fwd_kernel(
     IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Scan of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K (one key tile)."""
-    pid_v = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    head = pid_sh % H
-    start, end, first_chunk = sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C, IS_VARLEN)
-    num_chunks = tl.cdiv(end - start, C)
-
-    dk = tl.arange(0, BLOCK_K)
-    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    kmask = dk < K
-    vmask = dv < V
-    state_offs = dk[:, None] * V + dv[None, :]
-    state_mask = kmask[:, None] & vmask[None, :]
+    head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
+        cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
+    )
     state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
     if HAS_H0:
-        state += tl.load(h0 + (seq * H + head).to(tl.int64) * K * V + state_offs, mask=state_mask, other=0.0)
+        state += tl.load(h0 + state_base + state_offs, mask=state_mask, other=0.0)
     rows = tl.arange(0, C)
 
     for c in range(num_chunks):
@@ -85,4 +99,4 @@ def chunk_state_fwd_kernel(
         state = tl.dot(k_tile_t, v_new_op, state, input_precision=PRECISION)
 
     if STORE_HT:
-        tl.store(ht + (seq * H + head).to(tl.int64) * K * V + state_offs, state, mask=state_mask)
+        tl.store(ht + state_base + state_offs, state, mask=state_mask)
