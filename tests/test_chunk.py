@@ -347,9 +347,7 @@ GPU_CASES = [
                          ids=[f"{str(c[0])[6:]}-c{c[1]}-K{c[2]}-V{c[3]}" for c in GPU_CASES])
 def test_gpu_matches_reference(poisoned_empty, dtype, chunk_size, K, V):
     problem = Problem(B=2, T=500, H=3, K=K, V=V, dtype=dtype, device="cuda")
-    # above 128 the backward is disabled on CUDA (chunk.MAX_VERIFIED_BACKWARD_DIM): forward only here
-    backward = max(K, V) <= 128
-    check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee"}, backward=backward)
+    check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee"})
 
 
 @pytest.mark.gpu
@@ -360,11 +358,16 @@ def test_gpu_stored_inverse_for_the_wy_backward(poisoned_empty, dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_backward_above_128_refuses_clearly():
-    problem = Problem(B=1, T=64, H=1, K=256, V=64, dtype=torch.bfloat16, device="cuda")
+def test_gpu_head_dim_256_backward_at_the_former_fault_shape():
+    """K = V = 256, B = 4, T = 4096, H = 8 in bf16: where the backward hit an illegal memory access with
+    32-wide scan V tiles (now refused at key dims above 128). Every output and gradient against
+    "torch_chunk" in float64 on the same (upcast) inputs (the token-by-token reference's autograd would
+    keep 4096 float64 [32, 256, 256] states)."""
+    problem = Problem(B=4, T=4096, H=8, K=256, V=256, dtype=torch.bfloat16, device="cuda")
     inputs = random_inputs(problem, seed=3, device="cuda")
-    with pytest.raises(NotImplementedError, match="backward is disabled on CUDA for head dims above 128"):
-        run_op("chunk", inputs, {"chunk_size": 64}, backward=True)
+    out = run_op("chunk", inputs)
+    ref = run_op("torch_chunk", inputs.to(torch.float64), {"chunk_size": 64})
+    assert_close(out, ref, torch.bfloat16, label="K=V=256 B=4 T=4096")
 
 
 @pytest.mark.gpu
@@ -454,16 +457,20 @@ def test_gpu_speed_sanity():
     assert t_fwd < 3.6, line
 
 
-def test_backward_limit_is_declared_in_the_registry():
-    """The CUDA backward refusal above head dim 128 is visible before any launch (sweeps, checks, the
-    tuner and regress skip those cases with the reason), and the block-diagonal wrapper judges the block."""
+def test_wide_key_dims_keep_the_scans_at_16_wide_v_tiles():
+    """At key dims above 128 the scans' V tile stays 16 (32 faulted on an H200): the automatic plan
+    picks 16 even where 32 or 64 would fill the SMs, an explicit wider tile is refused with the reason,
+    and the backward runs (no head-dim refusal any more, CUDA or not)."""
     chunk = registry.get("chunk")
-    wide = Problem(B=1, T=64, H=2, K=256, V=64, dtype=torch.bfloat16, device="cuda")
-    assert "disabled on CUDA for head dims above 128" in chunk.backward_unsupported_reason(wide)
-    assert chunk.unsupported_reason(wide) is None  # the forward still runs it
-    assert chunk.backward_unsupported_reason(replace(wide, K=128)) is None
-    assert chunk.backward_unsupported_reason(replace(wide, device="cpu")) is None
-    block = registry.get("chunk", "block_diag")
-    assert block.backward_unsupported_reason(replace(wide, K=512, V=128, block_size=128)) is None
-    assert block.backward_unsupported_reason(replace(wide, K=512, V=128, block_size=256)) is not None
-    assert registry.get("recurrent").backward_unsupported_reason(wide) is None
+    for B, T, H in ((8, 2048, 8), (4, 4096, 8), (1, 16384, 8)):
+        wide = Problem(B=B, T=T, H=H, K=256, V=256, dtype=torch.bfloat16, device="cuda")
+        plan = resolve_plan(DEFAULT_CONFIG, wide)
+        assert plan.state.block_v == plan.state_bwd.block_v == 16, (B, plan)
+        assert chunk.backward_unsupported_reason(wide) is None
+    narrow = Problem(B=8, T=2048, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda")
+    assert resolve_plan(DEFAULT_CONFIG, narrow).state.block_v > 16  # K = 128 keeps the wider tiles
+    for key in ("block_v", "block_v_bwd"):
+        reason = constraints(dict(DEFAULT_CONFIG, **{key: 32}), replace(narrow, K=200))
+        assert reason is not None and f"{key}=32" in reason and "K=200" in reason, reason
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 16}), replace(narrow, K=200)) is None
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 32}), narrow) is None

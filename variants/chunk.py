@@ -147,41 +147,13 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
     return o, final_state
 
 
-# Known defect (H200, triton 3.6.0): the backward hit "an illegal memory access" at K = V = 256, T = 4096,
-# H = 8 (bf16, default config), at B = 1 and B = 4 with the first intra-chunk kernel (2026-11-29). With
-# the workspace-based one B = 1 passed (forward and every gradient against "recurrent"), but a later
-# regression-baseline run over T = 4096, B = 4, D = 64/128/256 faulted in a case it did not name (D = 256
-# is the suspect; compute-sanitizer's memcheck was clean at B = 1 T = 4096). The B = 4 plan differed from
-# B = 1's in 32-wide V tiles for the scans, whose kernels then ran at 255 registers with spills (as did
-# the WY backward); the automatic settings no longer spill there (tests/test_chunk.py compiles that plan),
-# but whether that was the fault is not verified on a GPU. Until it is, the backward refuses head dims
-# above this on CUDA with a clear error instead of corrupting the CUDA context. (The interpreter is
-# unaffected.)
-MAX_VERIFIED_BACKWARD_DIM = 128
-
-
-def backward_limit(problem: Problem) -> Optional[str]:
-    """Why the backward refuses ``problem`` (None when it runs it)."""
-    if problem.device == "cuda" and max(problem.K, problem.V) > MAX_VERIFIED_BACKWARD_DIM:
-        return (
-            f"the backward is disabled on CUDA for head dims above {MAX_VERIFIED_BACKWARD_DIM} (K={problem.K}, "
-            f"V={problem.V}) after an illegal memory access seen on an H200; use variant='recurrent' (or "
-            f"block_diag_delta_rule with block_size=128) for training at this size"
-        )
-    return None
-
-
 def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
     q, k, v, beta, initial_state, do, dfinal_state = _contiguous(q, k, v, beta, initial_state, do, dfinal_state)
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = config["chunk_size"]
     layout = chunk_layout(B, T, cu_seqlens, C, q.device)
-    problem = _problem(q, v, layout, cu_seqlens is not None)
-    refused = backward_limit(problem)
-    if refused is not None:
-        raise NotImplementedError(f"variant 'chunk': {refused}")
-    plan = resolve_plan(config, problem)
+    plan = resolve_plan(config, _problem(q, v, layout, cu_seqlens is not None))
     is_varlen = cu_seqlens is not None
     dh0 = None if initial_state is None else torch.empty_like(initial_state, dtype=torch.float32)
     if T == 0 or layout.num_chunks == 0:
@@ -253,5 +225,4 @@ register(
     constraints=constraints,
     cost=_cost,
     is_triton=True,
-    backward_limit=backward_limit,
 )(chunk_forward)

@@ -184,11 +184,22 @@ def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
     return 2 if needs(C, bk, bv, isz, 2, warps)[0] <= smem_limit else 1
 
 
-def _auto_block_v(num_programs_per_tile: int, value_tile: int, fits) -> int:
+# The scans' V tile above 16 at key tiles above 128 made the backward fault on an H200 (triton 3.6.0:
+# "an illegal memory access" in the forward scan storing states and in the reverse scan, K = V = 256,
+# B = 4, T = 4096, 32-wide V tiles; the same call with 16-wide tiles in both scans matched "recurrent",
+# reports/h200-2026-11-29-s3/). Not understood beyond that, so such configs are refused (forward too:
+# one kernel serves both) and the automatic choice stays at 16 there.
+WIDE_KEY_TILE = 128
+WIDE_KEY_MAX_BLOCK_V = 16
+
+
+def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits) -> int:
     """The widest V tile (<= 64) that still gives every SM a scan program and fits (``fits(block)``:
-    shared memory at one stage); 16 at least."""
+    shared memory at one stage); 16 at least, and 16 at most for key tiles above WIDE_KEY_TILE."""
     sms, _ = device_limits()
     for block in (64, 32):
+        if key_tile > WIDE_KEY_TILE and block > WIDE_KEY_MAX_BLOCK_V:
+            continue
         if block <= value_tile and num_programs_per_tile * -(-value_tile // block) >= sms and fits(block):
             return block
     return min(16, value_tile)
@@ -214,7 +225,7 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     _, smem_limit = device_limits()
 
     def scan_block_v(key: str, needs) -> int:
-        return config[key] or _auto_block_v(programs, BV, lambda bv: needs(C, BK, bv, isz, 1, 4)[0] <= smem_limit)
+        return config[key] or _auto_block_v(programs, BV, BK, lambda bv: needs(C, BK, bv, isz, 1, 4)[0] <= smem_limit)
 
     state = launch(_state_needs, BK, scan_block_v("block_v", _state_needs), "warps_state", "stages_state")
     state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
@@ -245,6 +256,10 @@ def constraints(config: Config, problem: Problem) -> Optional[str]:
     ):
         if config.get(key, 0) > limit:
             return f"tile {key}={config[key]} exceeds {what}"
+    for key in ("block_v", "block_v_bwd"):
+        if BK > WIDE_KEY_TILE and config.get(key, 0) > WIDE_KEY_MAX_BLOCK_V:
+            return (f"tile {key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE}: the scans fault on an H200 "
+                    f"with V tiles above {WIDE_KEY_MAX_BLOCK_V} at such key dims; use {WIDE_KEY_MAX_BLOCK_V} (or 0)")
     plan = resolve_plan(config, problem)
     C, isz = plan.chunk_size, problem.itemsize
     _, smem_limit = device_limits()

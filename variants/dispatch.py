@@ -5,7 +5,7 @@ The rule, in order:
    tuning results name for this device and shape, when such results exist.
 2. Without tuning results ("auto"): on CUDA, "recurrent" for short sequences (mean length <= 64 tokens
    per sequence: decoding and tiny prompts, where chunking buys nothing) or when chunk's backward refuses
-   the problem (head dims above 128 on CUDA, see variants/chunk.py) and "chunk" otherwise; on CPU,
+   the problem (a registry ``backward_limit``; none at present) and "chunk" otherwise; on CPU,
    "torch_chunk". If the preferred variant cannot run the problem, the first of the fallback order
    (chunk, recurrent, torch_chunk, reference) that can.
 3. ``config=None``: the exported best config for (device, variant, dtype, K, V, sequence length) when one

@@ -1,6 +1,5 @@
-"""GPU probe: run variant "chunk"'s forward+backward at one shape with the head-dim guard of its backward
-lifted (deltalab.variants.chunk.MAX_VERIFIED_BACKWARD_DIM), and compare every gradient with variant
-"recurrent" on the same inputs. Meant to run under compute-sanitizer, one shape per process:
+"""GPU probe: run variant "chunk"'s forward+backward at one shape (optionally with config overrides) and
+compare every gradient with variant "recurrent" on the same inputs. Meant to run under compute-sanitizer, one shape per process:
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         python3 .ci/probes/chunk_backward.py --B 1 --T 4096 --H 8 --D 256
@@ -23,7 +22,6 @@ parser.add_argument("--D", type=int, default=256)
 parser.add_argument("--config", default=None, help="JSON config overrides for chunk")
 args = parser.parse_args()
 
-chunk_module.MAX_VERIFIED_BACKWARD_DIM = 1 << 20
 torch.manual_seed(0)
 shape = (args.B, args.T, args.H, args.D)
 q = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
