@@ -307,8 +307,16 @@ def test_export_then_auto_dispatch_uses_the_exported_config(storage, recording_v
     tuned.clear_cache()
     _call_auto()
     assert record == []
-    # with it: the recording variant is the fastest for this bucket, with the exported config
+    # with it alone: the results never timed the rule's choice (torch_chunk) here, so they cannot say
+    # the recording variant beats it -- auto keeps the rule
     monkeypatch.setenv(tuned.ENV_VAR, str(path.parent))
+    tuned.clear_cache()
+    _call_auto()
+    assert record == []
+    # once torch_chunk is tuned too (slower, 5 ms), the recording variant is the fastest for this bucket
+    runner("torch_chunk", storage, FakeTimer({c: 5.0 for c in TORCH_CHUNK_TIMES}), select=False).run()
+    tuner_export.export(storage, path)
+    assert sorted(e["variant"] for e in json.loads(path.read_text())["entries"]) == sorted([name, "torch_chunk"])
     tuned.clear_cache()
     _call_auto()
     assert record == [{"chunk_size": 16}]
@@ -351,7 +359,9 @@ def test_stale_file_is_ignored_with_one_warning(recording_variant, tmp_path, mon
     entry = {"family": "delta_rule", "variant": name, "dtype": "float32", "K": 16, "V": 16, "block_size": 16,
              "T_bucket": 64, "mode": "fwd+bwd", "B": 1, "T": 40, "H": 2, "config": {"chunk_size": 8}, "median_ms": 1.0}
     data = {"schema_version": 1, "device": {"name": "cpu", "slug": "cpu", "compute_capability": None},
-            "triton": ident.triton, "entries": [entry]}
+            "triton": ident.triton,
+            # the rule's choice (torch_chunk) timed too, slower: auto may pick the recording variant
+            "entries": [entry, dict(entry, variant="torch_chunk", config={"chunk_size": 16}, median_ms=5.0)]}
     if field == "device":
         data["device"] = {"name": value, "slug": tuned.slugify(value), "compute_capability": "9.0"}
     else:
@@ -465,6 +475,9 @@ def test_auto_skips_tuned_variants_whose_backward_refuses(recording_variant, tmp
     tuned.clear_cache()
     problem = Problem(1, 24, 2, 16, 16, torch.float32, device="cpu")
     assert tuned.best_variant(problem, "delta_rule") == name
+    # results that never timed auto's rule choice cannot say another variant beats it
+    assert tuned.best_variant(problem, "delta_rule", incumbent="torch_chunk") is None
+    assert tuned.best_variant(problem, "delta_rule", incumbent=name) == name
     monkeypatch.setattr(registry.get(name), "backward_limit", lambda p: "refused for the test")
     tuned.clear_cache()
     assert tuned.best_variant(problem, "delta_rule") is None

@@ -2,7 +2,8 @@
 
 The rule, in order:
 1. An explicit variant name is used as given; otherwise ("auto") the fastest variant that exported
-   tuning results name for this device and shape, when such results exist.
+   tuning results name for this device and shape, when such results exist and also timed the variant
+   rule 2 would pick there (results that never measured it cannot say another one beats it).
 2. Without tuning results ("auto"): on CUDA, "recurrent" for short sequences (mean length <= 64 tokens
    per sequence: decoding and tiny prompts, where chunking buys nothing) or when chunk's backward refuses
    the problem (a registry ``backward_limit``; none at present) and "chunk" otherwise; on CPU,
@@ -44,11 +45,12 @@ def rule_variant(problem: Problem, family: str) -> str:
     raise ValueError(f"variant: no registered {family} variant supports {problem.describe()} on {problem.device}")
 
 
-def tuned_variant(problem: Problem, family: str) -> Optional[str]:
-    """The fastest variant named by exported tuning results for ``problem`` (None without results)."""
+def tuned_variant(problem: Problem, family: str, rule_choice: str) -> Optional[str]:
+    """The fastest variant named by exported tuning results for ``problem``, when they also measured
+    ``rule_choice`` there (None otherwise, or without results)."""
     from . import tuned
 
-    return tuned.best_variant(problem, family)
+    return tuned.best_variant(problem, family, incumbent=rule_choice)
 
 
 def tuned_config(variant: Variant, problem: Problem) -> Optional[Config]:
@@ -60,7 +62,8 @@ def tuned_config(variant: Variant, problem: Problem) -> Optional[Config]:
 def resolve(family: str, name: str, config: Optional[Config], problem: Problem) -> tuple[Variant, Config]:
     """The variant and full config to run ``problem`` with; clear errors when it cannot run."""
     if name == "auto":
-        name = tuned_variant(problem, family) or rule_variant(problem, family)
+        rule_choice = rule_variant(problem, family)
+        name = tuned_variant(problem, family, rule_choice) or rule_choice
     variant = registry.get(name, family)
     reason = variant.unsupported_reason(problem)
     if reason is not None:

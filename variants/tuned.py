@@ -303,13 +303,16 @@ def lookup_config(variant: Variant, problem: Problem) -> Optional[Config]:
     return None if found is None else dict(found)
 
 
-def best_variant(problem: Problem, family: str) -> Optional[str]:
+def best_variant(problem: Problem, family: str, incumbent: Optional[str] = None) -> Optional[str]:
     """The variant with the lowest recorded time for ``problem``'s bucket among those that can run it,
     forward and backward (auto does not know whether the call will be differentiated: a variant whose
     backward refuses the problem, ``Variant.backward_limit``, would break training).
 
     Only entries in the nearest bucket that any usable entry has are compared (times measured on
     different sequence lengths are not comparable), preferring fwd+bwd measurements; ties by name.
+    With ``incumbent`` (auto's rule choice), results that hold no entry of it in that comparison say
+    nothing about beating it: None then (an export of a partly finished tuning run naming only
+    "recurrent" at some head dim must not turn auto from "chunk" to a 6x slower variant).
     """
     from . import registry
 
@@ -318,12 +321,12 @@ def best_variant(problem: Problem, family: str) -> Optional[str]:
     if not _load(ident, env_value).index:
         return None
     registered = tuple(id(v) for v in registry.variants(family))  # the answer depends on what is registered
-    return _best_variant_cached(ident, env_value, family, problem, registered)
+    return _best_variant_cached(ident, env_value, family, problem, registered, incumbent)
 
 
 @functools.lru_cache(maxsize=4096)
 def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family: str, problem: Problem,
-                         registered: tuple) -> Optional[str]:
+                         registered: tuple, incumbent: Optional[str]) -> Optional[str]:
     from . import registry
 
     entries = _ranked_entries(problem, family, None)
@@ -346,7 +349,10 @@ def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family
     if not usable:
         return None
     nearest = min(u[0] for u in usable)
-    return min((ms, name) for key, ms, name in usable if key == nearest)[1]
+    compared = [(ms, name) for key, ms, name in usable if key == nearest]
+    if incumbent is not None and all(name != incumbent for _, name in compared):
+        return None
+    return min(compared)[1]
 
 
 def entries_for(problem: Problem, family: str, variant_name: str, paths: Iterable[Path] = ()) -> list[dict]:
