@@ -29,7 +29,7 @@ def rule_variant(problem: Problem, family: str) -> str:
     available = {v.name: v for v in registry.variants(family)}
     if problem.device == "cuda":
         mean_len = problem.tokens / max(problem.num_seqs, 1)
-        # a chunk whose backward refuses the problem would break training (variants/chunk.py)
+        # a chunk whose backward refuses the problem (a registry backward_limit) would break training
         chunk = available.get("chunk")
         chunk_cannot_train = chunk is not None and chunk.backward_unsupported_reason(problem) is not None
         preferred = "recurrent" if mean_len <= SHORT_SEQUENCE or chunk_cannot_train else "chunk"
