@@ -1,5 +1,6 @@
 """GPU probe: run variant "chunk"'s forward+backward at one shape (optionally with config overrides) and
-compare every gradient with variant "recurrent" on the same inputs. Meant to run under compute-sanitizer, one shape per process:
+compare every gradient with variant "recurrent" on the same inputs. One shape per process (a fault
+corrupts the CUDA context), also under compute-sanitizer:
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         python3 .ci/probes/chunk_backward.py --B 1 --T 4096 --H 8 --D 256
