@@ -125,17 +125,19 @@ def test_varlen_with_initial_state(poisoned_empty, chunk_size, dtype):
     assert torch.equal(out["final_state"][1], inputs.initial_state[1])
 
 
+@pytest.mark.parametrize("wy_inverse", ["stored", "recompute"])
 @pytest.mark.parametrize("chunk_size, dtype", [(16, torch.float32), (64, torch.float16), (128, torch.float32)])
-def test_stored_inverse_for_the_wy_backward(poisoned_empty, chunk_size, dtype):
-    """wy_inverse="stored": the backward's intra-chunk recompute writes Tm and the WY kernel reads it
-    instead of inverting again -- same answers, packed sequences and partial chunks included."""
+def test_both_wy_inverse_modes(poisoned_empty, chunk_size, dtype, wy_inverse):
+    """wy_inverse="stored" (default): the backward's intra-chunk recompute writes Tm and the WY kernel
+    reads it; "recompute": the WY kernel inverts again -- same answers, packed sequences and partial
+    chunks included."""
     problem = Problem(B=1, T=150, H=2, K=48, V=40, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
     inputs = random_inputs(problem, seed=8, device=DEVICE)
     inputs.cu_seqlens = torch.tensor([0, 37, 37 + min(chunk_size, 64) + 9, 150], dtype=torch.int32, device=DEVICE)
-    config = {"chunk_size": chunk_size, "input_precision": "ieee", "wy_inverse": "stored"}
-    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).store_tm
+    config = {"chunk_size": chunk_size, "input_precision": "ieee", "wy_inverse": wy_inverse}
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).store_tm == (wy_inverse == "stored")
     out = run_op("chunk", inputs, config)
-    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"stored Tm, chunk {chunk_size}")
+    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"{wy_inverse} Tm, chunk {chunk_size}")
 
 
 def test_forward_without_states_matches_reference(poisoned_empty):
@@ -266,7 +268,7 @@ def test_automatic_block_v_splits_v_when_programs_are_few():
         ({"block_v": 128}, Problem(B=1, T=64, H=1, K=64, V=48), "block_v=128 exceeds V=48"),
         ({"block_k_grads": 64}, Problem(B=1, T=64, H=1, K=32, V=64), "block_k_grads=64 exceeds K=32"),
         ({"chunk_size": 128, "stages_state": 4}, Problem(B=1, T=64, H=1, K=256, V=256), "shared memory"),
-        ({"chunk_size": 128}, Problem(B=1, T=64, H=1, K=256, V=256), "state scan needs ~240 KB"),
+        ({"chunk_size": 128}, Problem(B=1, T=64, H=1, K=256, V=256), "state scan needs ~468 KB shared memory (chunk_size=128, stages=2"),
         ({"chunk_size": 128, "warps_wy": 1}, Problem(B=1, T=64, H=1, K=64, V=64), "registers"),
     ],
 )
@@ -319,7 +321,8 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) == {"intra", "state", "state_recompute", "state_bwd", "grads", "wy"}
+    # the default stores Tm in the backward's intra-chunk recompute (and the WY kernel loads it)
+    assert set(report) == {"intra", "intra_store_tm", "state", "state_recompute", "state_bwd", "grads", "wy"}
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -339,6 +342,7 @@ GPU_CASES = [
     (torch.float16, 128, 128, 256),
     (torch.float32, 32, 128, 128),
     (torch.float32, 64, 100, 256),
+    (torch.float32, 64, 256, 48),  # float32's scans at K > 128 run at one stage (16-bit ones fault there)
 ]
 
 
@@ -351,16 +355,18 @@ def test_gpu_matches_reference(poisoned_empty, dtype, chunk_size, K, V):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("wy_inverse", ["stored", "recompute"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_stored_inverse_for_the_wy_backward(poisoned_empty, dtype):
+def test_gpu_both_wy_inverse_modes(poisoned_empty, dtype, wy_inverse):
     problem = Problem(B=2, T=500, H=3, K=128, V=96, dtype=dtype, device="cuda")
-    check_against_reference(problem, {"chunk_size": 64, "input_precision": "ieee", "wy_inverse": "stored"})
+    check_against_reference(problem, {"chunk_size": 64, "input_precision": "ieee", "wy_inverse": wy_inverse})
 
 
 @pytest.mark.gpu
 def test_gpu_head_dim_256_backward_at_the_former_fault_shape():
     """K = V = 256, B = 4, T = 4096, H = 8 in bf16: where the backward hit an illegal memory access with
-    32-wide scan V tiles (now refused at key dims above 128). Every output and gradient against
+    32-wide scan V tiles (those fit one pipeline stage only; one-stage scans are refused at key dims
+    above 128). Every output and gradient against
     "torch_chunk" in float64 on the same (upcast) inputs (the token-by-token reference's autograd would
     keep 4096 float64 [32, 256, 256] states)."""
     problem = Problem(B=4, T=4096, H=8, K=256, V=256, dtype=torch.bfloat16, device="cuda")
@@ -457,20 +463,33 @@ def test_gpu_speed_sanity():
     assert t_fwd < 3.6, line
 
 
-def test_wide_key_dims_keep_the_scans_at_16_wide_v_tiles():
-    """At key dims above 128 the scans' V tile stays 16 (32 faulted on an H200): the automatic plan
-    picks 16 even where 32 or 64 would fill the SMs, an explicit wider tile is refused with the reason,
-    and the backward runs (no head-dim refusal any more, CUDA or not)."""
+def test_wide_key_dims_run_the_scans_at_two_stages_or_more():
+    """At key dims above 128 the 16-bit scans fault at one pipeline stage (H200): the automatic plan
+    gives them 16-wide V tiles at two stages even where wider tiles would fill the SMs (wider ones fit
+    one stage only), explicit one-stage scans are refused with the reason, wider tiles are refused for
+    shared memory at two stages, and the backward runs (no head-dim refusal, CUDA or not). float32,
+    where two stages never fit, keeps one stage and 16-wide tiles; K = 128 keeps wider tiles."""
     chunk = registry.get("chunk")
     for B, T, H in ((8, 2048, 8), (4, 4096, 8), (1, 16384, 8)):
-        wide = Problem(B=B, T=T, H=H, K=256, V=256, dtype=torch.bfloat16, device="cuda")
-        plan = resolve_plan(DEFAULT_CONFIG, wide)
-        assert plan.state.block_v == plan.state_bwd.block_v == 16, (B, plan)
-        assert chunk.backward_unsupported_reason(wide) is None
+        for dtype, stages in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 1)):
+            wide = Problem(B=B, T=T, H=H, K=256, V=256, dtype=dtype, device="cuda")
+            plan = resolve_plan(DEFAULT_CONFIG, wide)
+            assert plan.state.block_v == plan.state_bwd.block_v == 16, (B, plan)
+            assert plan.state.stages == plan.state_bwd.stages == stages, (B, dtype, plan)
+            assert constraints(DEFAULT_CONFIG, wide) is None
+            assert chunk.backward_unsupported_reason(wide) is None
     narrow = Problem(B=8, T=2048, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda")
     assert resolve_plan(DEFAULT_CONFIG, narrow).state.block_v > 16  # K = 128 keeps the wider tiles
+    wide = replace(narrow, K=200)
+    for key in ("stages_state", "stages_state_bwd"):
+        reason = constraints(dict(DEFAULT_CONFIG, **{key: 1}), wide)
+        assert reason is not None and f"{key}=1" in reason and "K=200" in reason, reason
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 2}), wide) is None
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 1}), narrow) is None
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 1}), replace(wide, dtype=torch.float32)) is None
     for key in ("block_v", "block_v_bwd"):
-        reason = constraints(dict(DEFAULT_CONFIG, **{key: 32}), replace(narrow, K=200))
-        assert reason is not None and f"{key}=32" in reason and "K=200" in reason, reason
-        assert constraints(dict(DEFAULT_CONFIG, **{key: 16}), replace(narrow, K=200)) is None
+        reason = constraints(dict(DEFAULT_CONFIG, **{key: 32}), wide)
+        assert reason is not None and "shared memory" in reason and "stages=2" in reason, reason
+        assert "lower tiles or chunk_size" in reason  # not "lower stages": one stage is what faults
+        assert constraints(dict(DEFAULT_CONFIG, **{key: 16}), wide) is None
         assert constraints(dict(DEFAULT_CONFIG, **{key: 32}), narrow) is None

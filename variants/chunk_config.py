@@ -16,16 +16,18 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
-    wy_inverse          where the WY backward gets Tm: "recompute" (its own inverse, like the forward)
-                        or "stored" (the backward's intra-chunk recompute also writes Tm in the input
-                        dtype -- the size of Aqk -- and the WY kernel reads it: no second inverse)
+    wy_inverse          where the WY backward gets Tm: "stored" (default: the backward's intra-chunk
+                        recompute also writes Tm in the input dtype -- the size of Aqk -- and the WY kernel
+                        reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
+                        reports/h200-2026-11-29-s4/) or "recompute" (the WY kernel inverts again: no
+                        extra buffer)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
 The shared-memory estimates follow ptxas for sm_90 (chunk_aot.py compiles without a GPU). With the
 automatic settings every chunk size up to 64 runs every dtype and head dim; chunk 128 needs K <= 128 in
-16-bit (the scans hold [128, K] tiles of W, Q and K per step: 240 KB at K = 256) and is mostly out of
-reach for float32.
+16-bit (the scans hold [128, K] tiles of W, Q and K per step, twice at K > 128 where they need two
+stages: 468 KB at K = 256) and is mostly out of reach for float32.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ SPACE: dict[str, tuple] = {
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="recompute")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -184,22 +186,29 @@ def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
     return 2 if needs(C, bk, bv, isz, 2, warps)[0] <= smem_limit else 1
 
 
-# The scans' V tile above 16 at key tiles above 128 made the backward fault on an H200 (triton 3.6.0:
-# "an illegal memory access" in the forward scan storing states and in the reverse scan, K = V = 256,
-# B = 4, T = 4096, 32-wide V tiles; the same call with 16-wide tiles in both scans matched "recurrent",
-# reports/h200-2026-11-29-s3/). Not understood beyond that, so such configs are refused (forward too:
-# one kernel serves both) and the automatic choice stays at 16 there.
+# At key tiles above 128 the 16-bit scans fault at one pipeline stage on an H200 (triton 3.6.0, "an illegal
+# memory access", K = V = 256: the forward scan storing states with stages_state=1, the reverse scan with
+# stages_state_bwd=1, 16-wide V tiles each; the same calls at two stages match "recurrent";
+# reports/h200-2026-11-29-s4/). The earlier 32-wide-tile faults (s3) were one-stage plans too: 32-wide
+# tiles do not fit two stages there. Such scans get two stages, and explicit one-stage configs are
+# refused. float32 runs its scans at K > 128 at one stage (two do not fit); not yet checked on a GPU.
 WIDE_KEY_TILE = 128
-WIDE_KEY_MAX_BLOCK_V = 16
+WIDE_KEY_MIN_STAGES = 2
+
+
+def scan_min_stages(key_tile: int, itemsize: int) -> int:
+    """The fewest pipeline stages a scan may run with (see WIDE_KEY_TILE)."""
+    return WIDE_KEY_MIN_STAGES if key_tile > WIDE_KEY_TILE and itemsize < 4 else 1
 
 
 def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits) -> int:
     """The widest V tile (<= 64) that still gives every SM a scan program and fits (``fits(block)``:
-    shared memory at one stage); 16 at least, and 16 at most for key tiles above WIDE_KEY_TILE."""
+    shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above WIDE_KEY_TILE
+    (wider ones fit only one stage there: a fault in 16-bit, unchecked on a GPU in float32)."""
+    if key_tile > WIDE_KEY_TILE:
+        return min(16, value_tile)
     sms, _ = device_limits()
     for block in (64, 32):
-        if key_tile > WIDE_KEY_TILE and block > WIDE_KEY_MAX_BLOCK_V:
-            continue
         if block <= value_tile and num_programs_per_tile * -(-value_tile // block) >= sms and fits(block):
             return block
     return min(16, value_tile)
@@ -214,9 +223,10 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
     # float32 tiles -- intra, grads, WY -- spill at 4 warps from C = 64 on, measured with ptxas for sm_90)
 
-    def launch(needs, bk: int, bv: int, warps_key: str, stages_key: str, fewest: int = least) -> Launch:
+    def launch(needs, bk: int, bv: int, warps_key: str, stages_key: str, fewest: int = least,
+               min_stages: int = 1) -> Launch:
         warps = config[warps_key] or _auto_warps(needs, C, bk, bv, isz, fewest)
-        stages = config[stages_key] or _auto_stages(needs, C, bk, bv, isz, warps)
+        stages = config[stages_key] or max(min_stages, _auto_stages(needs, C, bk, bv, isz, warps))
         return Launch(bk, bv, warps, stages)
 
     block = config["block_intra"] or (64 if C <= 64 else 32)
@@ -224,12 +234,16 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     programs = problem.num_seqs * problem.H
     _, smem_limit = device_limits()
 
-    def scan_block_v(key: str, needs) -> int:
-        return config[key] or _auto_block_v(programs, BV, BK, lambda bv: needs(C, BK, bv, isz, 1, 4)[0] <= smem_limit)
+    scan_stages = scan_min_stages(BK, isz)
 
-    state = launch(_state_needs, BK, scan_block_v("block_v", _state_needs), "warps_state", "stages_state")
+    def scan_block_v(key: str, needs) -> int:
+        return config[key] or _auto_block_v(
+            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit)
+
+    state = launch(_state_needs, BK, scan_block_v("block_v", _state_needs), "warps_state", "stages_state",
+                   min_stages=scan_stages)
     state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
-                       "warps_state_bwd", "stages_state_bwd")
+                       "warps_state_bwd", "stages_state_bwd", min_stages=scan_stages)
     # grads tiles: the widest (<= 64) that fit at one stage
     grads_tiles = next(
         (block for block in (64, 32, 16) if _grads_needs(C, min(BK, block), min(BV, block), isz, 1, 8)[0] <= smem_limit),
@@ -256,10 +270,11 @@ def constraints(config: Config, problem: Problem) -> Optional[str]:
     ):
         if config.get(key, 0) > limit:
             return f"tile {key}={config[key]} exceeds {what}"
-    for key in ("block_v", "block_v_bwd"):
-        if BK > WIDE_KEY_TILE and config.get(key, 0) > WIDE_KEY_MAX_BLOCK_V:
-            return (f"tile {key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE}: the scans fault on an H200 "
-                    f"with V tiles above {WIDE_KEY_MAX_BLOCK_V} at such key dims; use {WIDE_KEY_MAX_BLOCK_V} (or 0)")
+    scan_stages = scan_min_stages(BK, problem.itemsize)
+    for key in ("stages_state", "stages_state_bwd"):
+        if 0 < config.get(key, 0) < scan_stages:
+            return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "
+                    f"H200 below {scan_stages} pipeline stages at such key dims; use {scan_stages}+ (or 0)")
     plan = resolve_plan(config, problem)
     C, isz = plan.chunk_size, problem.itemsize
     _, smem_limit = device_limits()
@@ -274,9 +289,11 @@ def constraints(config: Config, problem: Problem) -> Optional[str]:
     for name, suffix, (smem, regs) in checks:
         launch = getattr(plan, suffix)
         if smem > smem_limit:
+            fewest = scan_stages if suffix in ("state", "state_bwd") else 1
+            lower = "tiles or chunk_size" if launch.stages <= fewest else "stages, tiles or chunk_size"
             return (
                 f"{name} needs ~{smem // 1024} KB shared memory (chunk_size={C}, stages={launch.stages}, "
-                f"tiles {launch.block_k}x{launch.block_v}) > {smem_limit // 1024} KB; lower stages, tiles or chunk_size"
+                f"tiles {launch.block_k}x{launch.block_v}) > {smem_limit // 1024} KB; lower {lower}"
             )
         if regs > _MAX_REGS:
             return (
