@@ -548,10 +548,10 @@ def test_gpu_tune_export_dispatch_end_to_end(tmp_path, monkeypatch):
 
 
 def test_shipped_h200_configs_keep_auto_on_the_fastest_variant(monkeypatch):
-    """The shipped H200 export (a tuning run cut short: chunk at D = 64 only, recurrent at D = 64 and
-    128) read as on that GPU: auto stays on chunk at every paper shape -- at D = 64 the file times both
-    and chunk is 3x faster; at D = 128 / 256 it never timed chunk, so it cannot overrule the rule --
-    and the exported chunk configs pass the variant's constraints."""
+    """The shipped H200 export (chunk and recurrent at D = 64 / 128 / 256, T = 4K and 16K) read as on that
+    GPU: auto stays on chunk at every paper shape (the file times both variants there; chunk is 2-17x
+    faster), each call gets the exported config of its sequence-length bucket, and the exported chunk
+    configs pass the variant's constraints."""
     from deltalab.variants.dispatch import resolve
 
     h200 = tuned.DeviceIdentity("NVIDIA H200", "nvidia-h200", "9.0", "3.6.0")
@@ -561,13 +561,16 @@ def test_shipped_h200_configs_keep_auto_on_the_fastest_variant(monkeypatch):
     try:
         data = tuned.read_file(Path(tuned.__file__).parent / "configs" / "nvidia-h200.json")
         assert data["triton"] == "3.6.0" and {e["variant"] for e in data["entries"]} == {"chunk", "recurrent"}
+        exported = {(e["K"], e["T_bucket"]): e["config"] for e in data["entries"] if e["variant"] == "chunk"}
+        assert {K for K, _ in exported} == {64, 128, 256}
         for D in (64, 128, 256):
             for B, T in ((8, 2048), (4, 4096), (1, 16384)):
                 problem = Problem(B=B, T=T, H=2048 // D, K=D, V=D, dtype=torch.bfloat16, device="cuda")
                 variant, config = resolve("delta_rule", "auto", None, problem)
                 assert variant.name == "chunk", (D, T)
                 assert variant.config_reason(config, problem) is None
-                if D == 64:  # the exported config, not the default
-                    assert config["block_v"] == 32, config
+                bucket = exported[(D, 4096 if T <= 4096 else 16384)]
+                assert all(config[key] == value for key, value in bucket.items()), (D, T, config)
+        assert exported[(64, 4096)]["block_v"] == 32  # a tuned config, not the default
     finally:
         tuned.clear_cache()
