@@ -212,7 +212,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 def test_custom_op_passes_opcheck():
     x = _inputs(1, 6, 1, 4, 4, seed=23, dtype=torch.float32)
-    args = (x.q, x.k, x.v, x.beta, x.initial_state, None, 0.5, True, "delta_rule", "torch_chunk", "", 4)
+    args = (x.q, x.k, x.v, x.beta, x.initial_state, None, 0.5, True, "delta_rule", "torch_chunk", "", 4, True)
     torch.library.opcheck(torch.ops.deltalab.delta_rule_fwd.default, args)
 
 

@@ -387,12 +387,14 @@ def test_stale_file_is_ignored_with_one_warning(recording_variant, tmp_path, mon
     assert record == [{"chunk_size": 8}]
 
 
-def _export_file(path, variant, configs_by_bucket, triton=None):
+def _export_file(path, variant, configs_by_bucket, triton=None, fwd_configs_by_bucket=None):
+    """An export for the CPU: fwd+bwd entries, and forward-only ones from ``fwd_configs_by_bucket``."""
     ident = tuned.device_identity("cpu")
     entries = [
         {"family": "delta_rule", "variant": variant, "dtype": "float32", "K": 16, "V": 16, "block_size": 16,
-         "T_bucket": bucket, "mode": "fwd+bwd", "B": 1, "T": bucket, "H": 2, "config": config, "median_ms": 1.0}
-        for bucket, config in configs_by_bucket.items()
+         "T_bucket": bucket, "mode": mode, "B": 1, "T": bucket, "H": 2, "config": config, "median_ms": 1.0}
+        for mode, by_bucket in (("fwd+bwd", configs_by_bucket), ("fwd", fwd_configs_by_bucket or {}))
+        for bucket, config in by_bucket.items()
     ]
     path.write_text(json.dumps({"schema_version": 1, "device": {"name": "cpu", "slug": "cpu", "compute_capability": None},
                                 "triton": triton or ident.triton, "entries": entries}))
@@ -464,6 +466,37 @@ def test_cli_tune_then_export(tmp_path):
     assert result.exit_code == 1 and "no study" in result.output
     result = CliRunner().invoke(app, ["tune", "--variant", "torch_chunk", "--device", "cpu", "--keys", "chunk_size,warps"])
     assert result.exit_code == 2 and "--keys: warps not in the space of torch_chunk" in result.output
+
+
+def test_inference_calls_prefer_forward_measured_configs(recording_variant, tmp_path, monkeypatch):
+    """An export with a fwd+bwd and a forward-only entry for one bucket: a call that will be
+    differentiated runs the fwd+bwd config, forward and backward; a call under no_grad, or whose inputs
+    do not require grad, runs the forward-measured one. With one kind only, every call uses it."""
+    name, record = recording_variant
+    path = tmp_path / "tuned.json"
+    _export_file(path, name, {32: {"chunk_size": 16}}, fwd_configs_by_bucket={32: {"chunk_size": 8}})
+    monkeypatch.setenv(tuned.ENV_VAR, str(path))
+    tuned.clear_cache()
+    problem = Problem(B=1, T=40, H=2, K=16, V=16, dtype=torch.float32, device="cpu")
+    x = random_inputs(problem, seed=4)
+    leaves = [t.clone().requires_grad_() for t in (x.q, x.k, x.v, x.beta)]
+
+    with torch.no_grad():
+        delta_rule(*leaves, variant=name)
+    assert record == [{"chunk_size": 8}]
+    delta_rule(x.q, x.k, x.v, x.beta, variant=name)  # grad enabled, nothing requires it
+    assert record[-1] == {"chunk_size": 8}
+    record.clear()
+    o, _ = delta_rule(*leaves, variant=name)
+    o.sum().backward()
+    assert record and all(config == {"chunk_size": 16} for config in record), record  # forward and backward
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+    assert tuned.lookup_config(registry.get(name), problem, grad=False) == {"chunk_size": 8}
+    assert tuned.lookup_config(registry.get(name), problem, grad=True) == {"chunk_size": 16}
+    _export_file(path, name, {32: {"chunk_size": 16}})  # fwd+bwd only: inference uses it too
+    tuned.clear_cache()
+    assert tuned.lookup_config(registry.get(name), problem, grad=False) == {"chunk_size": 16}
 
 
 def test_auto_skips_tuned_variants_whose_backward_refuses(recording_variant, tmp_path, monkeypatch):

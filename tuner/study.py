@@ -386,7 +386,8 @@ class StudyRunner:
             shipped = tuned.SHIPPED_DIR / f"{self.ident.slug}.json"
             if shipped.exists():
                 paths.append(shipped)
-            for entry in tuned.entries_for(self.problem, self.family, self.variant.name, paths=paths)[:8]:
+            for entry in tuned.entries_for(self.problem, self.family, self.variant.name, paths=paths,
+                                           grad=self.settings.mode != "fwd")[:8]:
                 try:
                     config = self.space.complete(entry["config"])
                 except (ValueError, TypeError):

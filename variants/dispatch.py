@@ -11,6 +11,11 @@ The rule, in order:
    (chunk, recurrent, torch_chunk, reference) that can.
 3. ``config=None``: the exported best config for (device, variant, dtype, K, V, sequence length) when one
    exists, else the variant's default. A given (possibly partial) config is merged over the default.
+
+``grad``: whether the call will be differentiated (the op passes grad mode and requires_grad of its
+inputs). Exported results measured the way the call runs come first: forward+backward for training,
+forward alone for inference (``tuned.MODE_PREFERENCE``); a training call's forward and its backward
+resolve the same config.
 """
 
 from __future__ import annotations
@@ -45,25 +50,27 @@ def rule_variant(problem: Problem, family: str) -> str:
     raise ValueError(f"variant: no registered {family} variant supports {problem.describe()} on {problem.device}")
 
 
-def tuned_variant(problem: Problem, family: str, rule_choice: str) -> Optional[str]:
+def tuned_variant(problem: Problem, family: str, rule_choice: str, grad: bool = True) -> Optional[str]:
     """The fastest variant named by exported tuning results for ``problem``, when they also measured
     ``rule_choice`` there (None otherwise, or without results)."""
     from . import tuned
 
-    return tuned.best_variant(problem, family, incumbent=rule_choice)
+    return tuned.best_variant(problem, family, incumbent=rule_choice, grad=grad)
 
 
-def tuned_config(variant: Variant, problem: Problem) -> Optional[Config]:
+def tuned_config(variant: Variant, problem: Problem, grad: bool = True) -> Optional[Config]:
     from . import tuned
 
-    return tuned.lookup_config(variant, problem)
+    return tuned.lookup_config(variant, problem, grad=grad)
 
 
-def resolve(family: str, name: str, config: Optional[Config], problem: Problem) -> tuple[Variant, Config]:
-    """The variant and full config to run ``problem`` with; clear errors when it cannot run."""
+def resolve(family: str, name: str, config: Optional[Config], problem: Problem,
+            grad: bool = True) -> tuple[Variant, Config]:
+    """The variant and full config to run ``problem`` with (``grad``: the call will be differentiated);
+    clear errors when it cannot run."""
     if name == "auto":
         rule_choice = rule_variant(problem, family)
-        name = tuned_variant(problem, family, rule_choice) or rule_choice
+        name = tuned_variant(problem, family, rule_choice, grad) or rule_choice
     variant = registry.get(name, family)
     reason = variant.unsupported_reason(problem)
     if reason is not None:
@@ -73,7 +80,7 @@ def resolve(family: str, name: str, config: Optional[Config], problem: Problem) 
             f" (variants that can: {', '.join(others) or 'none'})"
         )
     # a given config is merged over the variant's default; tuned configs apply only when none is given
-    full = variant.full_config(config if config else tuned_config(variant, problem))
+    full = variant.full_config(config if config else tuned_config(variant, problem, grad))
     why = variant.config_reason(full, problem)
     if why is not None:
         raise ValueError(f"config: {full} cannot run {problem.describe()} with variant {name!r}: {why}")

@@ -86,9 +86,10 @@ def _delta_rule_fwd(
     variant: str,
     config: str,
     block_size: int,
+    grad: bool,
 ) -> tuple[Tensor, Tensor]:
     check_cu_seqlens_values(cu_seqlens, q.shape[1])
-    impl, cfg = resolve(family, variant, _decode_config(config), _problem(q, v, cu_seqlens, block_size))
+    impl, cfg = resolve(family, variant, _decode_config(config), _problem(q, v, cu_seqlens, block_size), grad)
     o, final_state = impl.forward(
         q,
         k,
@@ -110,7 +111,8 @@ def _delta_rule_fwd(
 
 
 @_delta_rule_fwd.register_fake
-def _delta_rule_fwd_fake(q, k, v, beta, initial_state, cu_seqlens, scale, output_final_state, family, variant, config, block_size):
+def _delta_rule_fwd_fake(q, k, v, beta, initial_state, cu_seqlens, scale, output_final_state, family, variant, config,
+                         block_size, grad):
     B, T, H, K = q.shape
     o = v.new_empty(B, T, H, v.shape[-1])
     if output_final_state:
@@ -165,7 +167,7 @@ def _delta_rule_bwd_fake(q, k, v, beta, initial_state, cu_seqlens, do, dfinal_st
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, beta, initial_state, cu_seqlens, scale, output_final_state, family, variant, config, block_size = inputs
+    q, k, v, beta, initial_state, cu_seqlens, scale, output_final_state, family, variant, config, block_size, _ = inputs
     ctx.save_for_backward(q, k, v, beta, initial_state, cu_seqlens)
     ctx.params = (scale, output_final_state, family, variant, config, block_size)
 
@@ -188,7 +190,7 @@ def _backward(ctx, do, dfinal_state):
         config,
         block_size,
     )
-    return dq, dk, dv, dbeta, (dh0 if initial_state is not None else None), None, None, None, None, None, None, None
+    return dq, dk, dv, dbeta, (dh0 if initial_state is not None else None), None, None, None, None, None, None, None, None
 
 
 _delta_rule_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -229,6 +231,9 @@ def _call(
         k = F.normalize(k.reshape(*shape[:3], K // block, block), dim=-1).reshape(shape)
     if beta.dim() == 3 and family == "block_diag":
         beta = beta.unsqueeze(-1).expand(*beta.shape, K // block)  # shared beta: autograd sums it back
+    # a call that will be differentiated gets configs measured forward+backward (its backward resolves
+    # with grad=True too); inference gets forward-measured ones where an export has them
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, initial_state))
     o, final_state = torch.ops.deltalab.delta_rule_fwd(
         q.contiguous(),
         k.contiguous(),
@@ -242,6 +247,7 @@ def _call(
         variant,
         _encode_config(config),
         block,
+        grad,
     )
     return o, (final_state if output_final_state else None)
 

@@ -24,8 +24,10 @@ File format (``SCHEMA_VERSION`` 1)::
                   "default_median_ms": 0.52, "speedup_vs_default": 1.27, ...}, ...]}
 
 Lookup: entries of the same family, dtype, K, V and block size; the nearest sequence-length bucket
-(powers of two, distance in log2; ``seq_bucket``) wins, then "fwd+bwd" over "fwd" measurements, then the
-nearest B*H. A config that no longer fits the variant's space or the problem's constraints is skipped.
+(powers of two, distance in log2; ``seq_bucket``) wins, then the measurement that matches the call
+(``MODE_PREFERENCE``: "fwd+bwd" first for a call that will be differentiated, "fwd" first for one that
+will not), then the nearest B*H. A config that no longer fits the variant's space or the problem's
+constraints is skipped.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ from .registry import Config, Problem, Variant
 SCHEMA_VERSION = 1
 ENV_VAR = "DELTALAB_TUNED_CONFIGS"
 SHIPPED_DIR = Path(__file__).resolve().parent / "configs"
-# measurements of the whole training step describe the call best; forward-only ones come next
-MODE_PREFERENCE = ("fwd+bwd", "fwd", "bwd")
+# which measurements describe a call best: the whole training step for a call that will be differentiated
+# (grad=True), the forward alone for one that will not (inference); the other kind next
+MODE_PREFERENCE = {True: ("fwd+bwd", "fwd", "bwd"), False: ("fwd", "fwd+bwd", "bwd")}
 
 _WARNED: set[tuple[str, str]] = set()
 
@@ -242,11 +245,13 @@ def clear_cache() -> None:
 # ---------------------------------------------------------------------------------------------- lookup
 
 
-def _rank(entry: dict, length: float, heads_batch: int) -> tuple:
-    """Sort key of an entry for a problem: bucket distance, mode preference, B*H distance, then stable."""
+def _rank(entry: dict, length: float, heads_batch: int, grad: bool = True) -> tuple:
+    """Sort key of an entry for a problem: bucket distance, mode preference (``grad``: the call will be
+    differentiated), B*H distance, then stable."""
     bucket = int(entry["T_bucket"])
     mode = entry.get("mode", "fwd")
-    mode_rank = MODE_PREFERENCE.index(mode) if mode in MODE_PREFERENCE else len(MODE_PREFERENCE)
+    preference = MODE_PREFERENCE[grad]
+    mode_rank = preference.index(mode) if mode in preference else len(preference)
     bh = int(entry.get("B") or 1) * int(entry.get("H") or 1)
     return (
         abs(math.log2(bucket) - math.log2(seq_bucket(length))),
@@ -270,46 +275,49 @@ def _usable_config(variant: Variant, entry: dict, problem: Problem) -> Optional[
     return config
 
 
-def _ranked_entries(problem: Problem, family: str, variant_name: Optional[str]) -> list[dict]:
+def _ranked_entries(problem: Problem, family: str, variant_name: Optional[str], grad: bool = True) -> list[dict]:
     table = _table(problem)
     key = (family, dtype_name(problem.dtype), problem.K, problem.V, problem.block_size)
     entries = [e for e in table.index.get(key, ()) if variant_name is None or e["variant"] == variant_name]
     length = problem_length(problem)
     heads_batch = problem.num_seqs * problem.H
-    return sorted(entries, key=lambda e: _rank(e, length, heads_batch))
+    return sorted(entries, key=lambda e: _rank(e, length, heads_batch, grad))
 
 
 @functools.lru_cache(maxsize=4096)
-def _lookup_cached(ident: DeviceIdentity, env_value: Optional[str], variant_key: tuple, problem: Problem) -> Optional[tuple]:
+def _lookup_cached(ident: DeviceIdentity, env_value: Optional[str], variant_key: tuple, problem: Problem,
+                   grad: bool) -> Optional[tuple]:
     from . import registry
 
     family, name, _ = variant_key
     variant = registry.get(name, family)
-    for entry in _ranked_entries(problem, family, name):
+    for entry in _ranked_entries(problem, family, name, grad):
         config = _usable_config(variant, entry, problem)
         if config is not None:
             return tuple(sorted(config.items()))
     return None
 
 
-def lookup_config(variant: Variant, problem: Problem) -> Optional[Config]:
-    """The exported best config of ``variant`` for ``problem`` on this device, or None."""
+def lookup_config(variant: Variant, problem: Problem, grad: bool = True) -> Optional[Config]:
+    """The exported best config of ``variant`` for ``problem`` on this device, or None (``grad``: the call
+    will be differentiated, so fwd+bwd measurements come first; else forward-only ones)."""
     ident = device_identity(problem.device)
     env_value = os.environ.get(ENV_VAR) or None
     if not _load(ident, env_value).index:
         return None
     # id(variant): a test may unregister a variant and register another under the same name
-    found = _lookup_cached(ident, env_value, (variant.family, variant.name, id(variant)), problem)
+    found = _lookup_cached(ident, env_value, (variant.family, variant.name, id(variant)), problem, grad)
     return None if found is None else dict(found)
 
 
-def best_variant(problem: Problem, family: str, incumbent: Optional[str] = None) -> Optional[str]:
-    """The variant with the lowest recorded time for ``problem``'s bucket among those that can run it,
-    forward and backward (auto does not know whether the call will be differentiated: a variant whose
-    backward refuses the problem, ``Variant.backward_limit``, would break training).
+def best_variant(problem: Problem, family: str, incumbent: Optional[str] = None, grad: bool = True) -> Optional[str]:
+    """The variant with the lowest recorded time for ``problem``'s bucket among those that can run it --
+    forward and backward when the call will be differentiated (``grad``: a variant whose backward refuses
+    the problem, ``Variant.backward_limit``, would break training), else forward.
 
     Only entries in the nearest bucket that any usable entry has are compared (times measured on
-    different sequence lengths are not comparable), preferring fwd+bwd measurements; ties by name.
+    different sequence lengths are not comparable), in the preferred measurement mode (fwd+bwd with
+    ``grad``, else fwd); ties by name.
     With ``incumbent`` (auto's rule choice), results that hold no entry of it in that comparison say
     nothing about beating it: None then (an export of a partly finished tuning run naming only
     "recurrent" at some head dim must not turn auto from "chunk" to a 6x slower variant).
@@ -321,15 +329,15 @@ def best_variant(problem: Problem, family: str, incumbent: Optional[str] = None)
     if not _load(ident, env_value).index:
         return None
     registered = tuple(id(v) for v in registry.variants(family))  # the answer depends on what is registered
-    return _best_variant_cached(ident, env_value, family, problem, registered, incumbent)
+    return _best_variant_cached(ident, env_value, family, problem, registered, incumbent, grad)
 
 
 @functools.lru_cache(maxsize=4096)
 def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family: str, problem: Problem,
-                         registered: tuple, incumbent: Optional[str]) -> Optional[str]:
+                         registered: tuple, incumbent: Optional[str], grad: bool) -> Optional[str]:
     from . import registry
 
-    entries = _ranked_entries(problem, family, None)
+    entries = _ranked_entries(problem, family, None, grad)
     if not entries:
         return None
     length = problem_length(problem)
@@ -340,11 +348,13 @@ def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family
             variant = registry.get(entry["variant"], family)
         except ValueError:
             continue  # results of a variant this build does not have
-        if variant.unsupported_reason(problem) is not None or variant.backward_unsupported_reason(problem) is not None:
+        if variant.unsupported_reason(problem) is not None:
+            continue
+        if grad and variant.backward_unsupported_reason(problem) is not None:
             continue
         if _usable_config(variant, entry, problem) is None:
             continue
-        rank = _rank(entry, length, heads_batch)
+        rank = _rank(entry, length, heads_batch, grad)
         usable.append(((rank[0], rank[1], rank[2]), float(entry["median_ms"]), entry["variant"]))
     if not usable:
         return None
@@ -355,11 +365,13 @@ def _best_variant_cached(ident: DeviceIdentity, env_value: Optional[str], family
     return min(compared)[1]
 
 
-def entries_for(problem: Problem, family: str, variant_name: str, paths: Iterable[Path] = ()) -> list[dict]:
+def entries_for(problem: Problem, family: str, variant_name: str, paths: Iterable[Path] = (),
+                grad: bool = True) -> list[dict]:
     """Entries of ``variant_name`` matching ``problem``'s family, dtype, K, V and block size from the
     applicable files and from ``paths`` (read regardless of device or Triton version: the tuner's warm
-    start uses earlier results as starting points only), nearest bucket first."""
-    found = list(_ranked_entries(problem, family, variant_name))
+    start uses earlier results as starting points only), nearest bucket first, then the measurement mode
+    ``grad`` prefers (see ``MODE_PREFERENCE``)."""
+    found = list(_ranked_entries(problem, family, variant_name, grad))
     key = (family, dtype_name(problem.dtype), problem.K, problem.V, problem.block_size)
     for path in paths:
         try:
@@ -371,4 +383,4 @@ def entries_for(problem: Problem, family: str, variant_name: str, paths: Iterabl
                     and entry["variant"] == variant_name:
                 found.append(entry)
     length, heads_batch = problem_length(problem), problem.num_seqs * problem.H
-    return sorted(found, key=lambda e: _rank(e, length, heads_batch))
+    return sorted(found, key=lambda e: _rank(e, length, heads_batch, grad))
