@@ -140,6 +140,56 @@ def test_both_wy_inverse_modes(poisoned_empty, chunk_size, dtype, wy_inverse):
     assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"{wy_inverse} Tm, chunk {chunk_size}")
 
 
+@pytest.mark.parametrize("chunk_size, dtype", [(32, torch.float32), (64, torch.float16)])
+def test_kept_intermediates_match_recomputed_ones(poisoned_empty, chunk_size, dtype):
+    """save_for_backward="intermediates" (default: the forward keeps W, U, Aqk, Tm, the chunk states and
+    Vn for the backward) and "inputs" (the backward recomputes them) run the same kernels on the same
+    values: identical outputs and gradients, both against the reference; packed sequences, initial states."""
+    problem = Problem(B=1, T=130, H=2, K=40, V=48, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
+    inputs = random_inputs(problem, seed=12, device=DEVICE)
+    inputs.cu_seqlens = torch.tensor([0, 50, 50 + chunk_size + 3, 130], dtype=torch.int32, device=DEVICE)
+    config = {"chunk_size": chunk_size, "input_precision": "ieee"}
+    kept = run_op("chunk", inputs, dict(config, save_for_backward="intermediates"))
+    recomputed = run_op("chunk", inputs, dict(config, save_for_backward="inputs"))
+    assert_close(kept, run_op("reference", inputs.to(torch.float64)), dtype, label="kept intermediates")
+    for name in OUTPUTS:
+        assert torch.equal(kept[name], recomputed[name]), name
+
+
+def _forward_op(inputs, config: str, grad: bool):
+    """The forward custom op itself: (o, final_state, residual)."""
+    K = inputs.q.shape[-1]
+    return torch.ops.deltalab.delta_rule_fwd(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.initial_state, None,
+                                             K ** -0.5, True, "delta_rule", "chunk", config, K, grad)
+
+
+def test_forward_keeps_intermediates_only_for_differentiated_calls():
+    """The residual holds W, U, Vn ([B,T,H,K|V]), Aqk and Tm ([B,T,H,C]) and the chunk states
+    ([chunks,H,K,V]) when the call will be differentiated; nothing for inference or with "inputs"; the
+    backward reads it (a poisoned residual poisons the gradients) and refuses one of the wrong size."""
+    B, T, H, K, V, C = 2, 40, 2, 32, 16, 16
+    problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.float32, device=DEVICE)
+    inputs = random_inputs(problem, seed=13, device=DEVICE)
+    chunks = B * math.ceil(T / C)
+    config = f"chunk_size:i={C}"
+    _, _, residual = _forward_op(inputs, config, grad=True)
+    assert residual.numel() == B * T * H * (K + 2 * V + 2 * C) + chunks * H * K * V
+    assert _forward_op(inputs, config, grad=False)[2].numel() == 0
+    assert _forward_op(inputs, config + ";save_for_backward:s=inputs", grad=True)[2].numel() == 0
+
+    impl = registry.get("chunk")
+    full = impl.full_config({"chunk_size": C})
+    args = dict(scale=K ** -0.5, initial_state=inputs.initial_state, cu_seqlens=None, config=full, block_size=K,
+                do=torch.randn(B, T, H, V), dfinal_state=None)
+    grads = impl.backward(inputs.q, inputs.k, inputs.v, inputs.beta, residual=residual, **args)
+    assert all(torch.isfinite(g).all() for g in grads)
+    poisoned = impl.backward(inputs.q, inputs.k, inputs.v, inputs.beta, residual=torch.full_like(residual, float("nan")),
+                             **args)
+    assert torch.isnan(poisoned[0]).all()
+    with pytest.raises(ValueError, match="residual: expected"):
+        impl.backward(inputs.q, inputs.k, inputs.v, inputs.beta, residual=residual[1:], **args)
+
+
 def test_forward_without_states_matches_reference(poisoned_empty):
     problem = Problem(B=1, T=50, H=1, K=32, V=32, dtype=torch.float32, device=DEVICE)
     inputs = random_inputs(problem, seed=5, device=DEVICE, initial_state=False)
@@ -321,8 +371,10 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    # the default stores Tm in the backward's intra-chunk recompute (and the WY kernel loads it)
-    assert set(report) == {"intra", "intra_store_tm", "state", "state_recompute", "state_bwd", "grads", "wy"}
+    # the default stores Tm in the intra-chunk kernel (and the WY kernel loads it); "state_keep" is the
+    # forward scan of a differentiated call (output, states and Vn)
+    assert set(report) == {"intra", "intra_store_tm", "state", "state_keep", "state_recompute", "state_bwd", "grads",
+                           "wy"}
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -360,6 +412,30 @@ def test_gpu_matches_reference(poisoned_empty, dtype, chunk_size, K, V):
 def test_gpu_both_wy_inverse_modes(poisoned_empty, dtype, wy_inverse):
     problem = Problem(B=2, T=500, H=3, K=128, V=96, dtype=dtype, device="cuda")
     check_against_reference(problem, {"chunk_size": 64, "input_precision": "ieee", "wy_inverse": wy_inverse})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_kept_intermediates_match_recomputed_ones(poisoned_empty, dtype):
+    """The forward's kept intermediates (default) and the backward's recompute ("inputs"): the same
+    kernels on the same values, so the same bits; both against the reference."""
+    problem = Problem(B=2, T=500, H=3, K=128, V=96, dtype=dtype, device="cuda")
+    inputs = random_inputs(problem, seed=14, device="cuda")
+    kept = run_op("chunk", inputs, {"save_for_backward": "intermediates"})
+    recomputed = run_op("chunk", inputs, {"save_for_backward": "inputs"})
+    assert_close(kept, run_op("reference", inputs.to(torch.float64)), dtype, label="kept intermediates")
+    for name in OUTPUTS:
+        assert torch.equal(kept[name], recomputed[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+@pytest.mark.parametrize("dtype, K", [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 256)])
+def test_gpu_16bit_inverse_precision(poisoned_empty, dtype, K, precision):
+    """For 16-bit inputs input_precision reaches only the float32 block merges of the triangular inverse
+    (Tm is rounded to the input dtype afterwards): every precision within the 16-bit tolerance."""
+    problem = Problem(B=2, T=500, H=3, K=K, V=K, dtype=dtype, device="cuda")
+    check_against_reference(problem, {"chunk_size": 64, "input_precision": precision}, seed=15)
 
 
 @pytest.mark.gpu

@@ -59,6 +59,22 @@ def test_without_initial_state_and_without_final_state():
     assert rel_error(o0, o_ref) < 1e-12 and rel_error(h0, h_ref) < 1e-12
 
 
+@pytest.mark.parametrize("used", ["o", "final_state"])
+def test_gradients_when_one_output_is_unused(used):
+    """A loss on o alone or on the final state alone: the op's backward gets None (not a materialised
+    zero) for the unused output and its kept residual, and still matches the reference's gradients."""
+    x = _inputs(1, 40, 2, 16, 16, seed=9, dtype=torch.float32)
+    grads = {}
+    for variant, dtype in (("chunk", torch.float32), ("reference", F64)):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in x.tensors()]
+        o, h = delta_rule(*leaves[:4], initial_state=leaves[4], output_final_state=True, variant=variant,
+                          config={"chunk_size": 16} if variant == "chunk" else None)
+        (o if used == "o" else h).square().sum().backward()
+        grads[variant] = [t.grad for t in leaves]
+    for got, want in zip(grads["chunk"], grads["reference"]):
+        assert torch.isfinite(got).all() and rel_error(got, want) < 1e-4
+
+
 def test_chunk_size_one_is_the_recurrence():
     x = _inputs(1, 23, 2, 12, 10, seed=5)
     o_ref, h_ref = _run(x, "reference")
@@ -177,7 +193,10 @@ def test_torch_chunk_gradients_match_reference():
 
 
 # ---------------------------------------------------------------------------------------- torch.compile
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("variant, chunk_size", [("torch_chunk", 8), ("chunk", 16)])
+def test_torch_compile_fullgraph_forward_and_backward(variant, chunk_size):
+    """No graph break, forward and backward; "chunk" also returns its kept intermediates from the forward
+    op (a data-dependent size under tracing) for the backward op."""
     torch._dynamo.reset()
 
     class TinyDeltaNet(torch.nn.Module):
@@ -191,12 +210,12 @@ def test_torch_compile_fullgraph_forward_and_backward():
             B, T, D = x.shape
             q, k, v, b = self.proj(x).split([D, D, D, self.heads], dim=-1)
             q, k, v = (t.reshape(B, T, self.heads, D // self.heads) for t in (q, k, v))
-            o, _ = delta_rule(q, k, v, b.sigmoid(), qk_l2norm=True, variant="torch_chunk", config={"chunk_size": 8})
+            o, _ = delta_rule(q, k, v, b.sigmoid(), qk_l2norm=True, variant=variant, config={"chunk_size": chunk_size})
             return self.out(o.reshape(B, T, D))
 
     torch.manual_seed(0)
-    model = TinyDeltaNet()
-    x = torch.randn(2, 20, 16)
+    model = TinyDeltaNet(dim=32)  # head dim 16: the Triton variants' smallest
+    x = torch.randn(2, 20, 32)
     eager = model(x)
     eager.square().sum().backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]

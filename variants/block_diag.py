@@ -177,11 +177,13 @@ def _sum_blocks(x: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor
 def block_forward(base: Variant):
     """``forward`` of the block wrapper around delta-rule variant ``base`` (see the module docstring)."""
 
-    def forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu_seqlens, config, block_size):
+    def forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu_seqlens, config, block_size,
+                **keep):
+        # keep: ``keep_residuals`` when ``base`` keeps residuals (its residual is passed on as it is)
         H = q.shape[2]
         num_blocks = _blocks(q.shape[-1], block_size)
         beta_blocks = _per_block_beta(beta, q, num_blocks).contiguous()
-        o, final_state = base.forward(
+        o, final_state, *residual = base.forward(
             _split_heads(q, num_blocks),
             _split_heads(k, num_blocks),
             _repeat_per_block(v, num_blocks),
@@ -192,9 +194,10 @@ def block_forward(base: Variant):
             cu_seqlens=cu_seqlens,
             config=config,
             block_size=block_size,
+            **keep,
         )
         final_state = _state_from_blocks(final_state, H) if output_final_state else None
-        return _sum_blocks(o, H, v.dtype), final_state
+        return (_sum_blocks(o, H, v.dtype), final_state, *residual)
 
     return forward
 
@@ -206,7 +209,7 @@ def block_backward(base: Variant):
     of the blocks' dv; the rest are exact reshapes. A shared [B, T, H] beta gets the blocks' dbeta summed.
     """
 
-    def backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
+    def backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size, **residual):
         B, T, H, K = q.shape
         num_blocks = _blocks(K, block_size)
         beta_blocks = _per_block_beta(beta, q, num_blocks).contiguous()
@@ -222,6 +225,7 @@ def block_backward(base: Variant):
             dfinal_state=_state_to_blocks(dfinal_state, num_blocks),
             config=config,
             block_size=block_size,
+            **residual,
         )
         dbeta = dbeta.reshape(B, T, H, num_blocks)
         if beta.dim() == 3:
@@ -272,6 +276,7 @@ def register_block_variant(name: str, base_name: Optional[str] = None) -> bool:
         cost=base.cost,
         is_triton=base.is_triton,
         backward_limit=backward_limit if base.backward_limit is not None else None,
+        keeps_residuals=base.keeps_residuals,
     )(block_forward(base))
     return True
 

@@ -5,8 +5,11 @@ Forward, two kernels (../shared/deltanet.md):
                         Aqk = scale (Q K^T) (.) M, stored in the input dtype.
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
-Backward, five kernels; the op saves only q, k, v, beta and the initial state, so W, U, Aqk, the chunk
-states and Vn are recomputed (memory linear in T):
+Backward, five kernels. What the backward needs from the forward -- W, U, Aqk, Tm, every chunk's entering
+state h_c and Vn -- the forward keeps when the call will be differentiated (save_for_backward=
+"intermediates", the default: the forward's kernels also store Tm, h_c and Vn, and stages 1-2 below are
+skipped); with "inputs" the op keeps only q, k, v, beta and the initial state and the backward recomputes
+them (the least memory; the peer's choice):
   1. chunk_intra.py again (W, U, Aqk; with wy_inverse="stored" also Tm, for stage 5);
   2. chunk_state.py storing every chunk's entering state h_c and Vn (no output);
   3. chunk_backward_state.py -- reverse scan: dh per chunk, dVn (= dU), the initial state's gradient;
@@ -20,6 +23,7 @@ token ranges and each sequence's first chunk index from cu_seqlens. Launch setti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -83,16 +87,58 @@ def persistent_grid(num_tiles: int, chunk_size: int, device) -> tuple[int, torch
     return programs, torch.empty(programs, chunk_size, chunk_size, dtype=torch.float32, device=device)
 
 
+@dataclass(frozen=True)
+class Intermediates:
+    """What the backward needs from the forward, all in the input dtype: W [B,T,H,K], U and Vn [B,T,H,V],
+    Aqk and Tm [B,T,H,C] (Tm only with wy_inverse="stored"), the chunks' entering states
+    [num_chunks,H,K,V]; views into one flat buffer (the op's residual)."""
+
+    w: torch.Tensor
+    u: torch.Tensor
+    aqk: torch.Tensor
+    tm: Optional[torch.Tensor]
+    states: torch.Tensor
+    v_new: torch.Tensor
+
+    @staticmethod
+    def shapes(plan: ChunkPlan, layout: ChunkLayout, B: int, T: int, H: int, K: int, V: int) -> dict:
+        C = plan.chunk_size
+        return dict(w=(B, T, H, K), u=(B, T, H, V), aqk=(B, T, H, C), tm=(B, T, H, C) if plan.store_tm else None,
+                    states=(layout.num_chunks, H, K, V), v_new=(B, T, H, V))
+
+    @classmethod
+    def allocate(cls, plan, layout, q, v, buffer: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, "Intermediates"]:
+        """(flat buffer, views into it): a new buffer, or ``buffer`` (a forward's residual) viewed again."""
+        B, T, H, K = q.shape
+        shapes = cls.shapes(plan, layout, B, T, H, K, v.shape[-1])
+        sizes = {name: (0 if shape is None else math.prod(shape)) for name, shape in shapes.items()}
+        total = sum(sizes.values())
+        if buffer is None:
+            buffer = torch.empty(total, dtype=q.dtype, device=q.device)
+        elif buffer.numel() != total or buffer.dtype != q.dtype:
+            raise ValueError(
+                f"residual: expected {total} elements of {q.dtype} (the forward's intermediates for this config "
+                f"and shape), got {buffer.numel()} of {buffer.dtype}; was it made by another config?")
+        views, offset = {}, 0
+        for name, shape in shapes.items():
+            views[name] = None if shape is None else buffer[offset:offset + sizes[name]].view(shape)
+            offset += sizes[name]
+        return buffer, cls(**views)
+
+
 def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
-           tm_out: Optional[torch.Tensor] = None):
+           tm_out: Optional[torch.Tensor] = None, out: Optional[Intermediates] = None):
     """Stage 1: W [B,T,H,K], U [B,T,H,V], Aqk [B,T,H,C] in the input dtype (and Tm into ``tm_out``,
-    [B,T,H,C], when given)."""
+    [B,T,H,C], when given); into ``out``'s buffers when given."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = plan.chunk_size
-    w = torch.empty_like(k)
-    u = torch.empty_like(v)
-    aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
+    if out is not None:
+        w, u, aqk = out.w, out.u, out.aqk
+    else:
+        w = torch.empty_like(k)
+        u = torch.empty_like(v)
+        aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     if layout.num_chunks:
         launch = plan.intra
         programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
@@ -108,7 +154,8 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
 def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, scale: float, initial_state,
           *, output: Optional[torch.Tensor], final_state: Optional[torch.Tensor],
           states: Optional[torch.Tensor], v_new: Optional[torch.Tensor]) -> None:
-    """Stage 2 (forward scan): writes ``output`` and/or ``final_state``, or ``states`` and ``v_new``."""
+    """Stage 2 (forward scan): writes whichever of ``output``, ``final_state``, ``states`` and ``v_new``
+    are given (``states`` and ``v_new`` go together)."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     launch = plan.state
@@ -127,7 +174,17 @@ def _contiguous(*tensors):
     return [None if x is None else x.contiguous() for x in tensors]
 
 
-def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu_seqlens, config, block_size):
+def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu_seqlens, config, block_size,
+                  keep_residuals=None):
+    """(o, final_state), the registry's contract; given ``keep_residuals`` (the op passes it), (o,
+    final_state, residual): a flat buffer of ``Intermediates`` when it is True and config
+    save_for_backward="intermediates", else None."""
+    o, final_state, residual = _forward(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, config,
+                                        bool(keep_residuals))
+    return (o, final_state) if keep_residuals is None else (o, final_state, residual)
+
+
+def _forward(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, config, keep_residuals):
     q, k, v, beta, initial_state = _contiguous(q, k, v, beta, initial_state)
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -140,14 +197,22 @@ def chunk_forward(q, k, v, beta, *, scale, initial_state, output_final_state, cu
     if T == 0:
         if final_state is not None:
             final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
-        return o, final_state
+        return o, final_state, None
+    if keep_residuals and config["save_for_backward"] == "intermediates":
+        residual, kept = Intermediates.allocate(plan, layout, q, v)
+        _intra(plan, layout, q, k, v, beta, scale, tm_out=kept.tm, out=kept)
+        _scan(plan, layout, cu_seqlens, q, k, kept.w, kept.u, kept.aqk, scale, initial_state,
+              output=o, final_state=final_state, states=kept.states, v_new=kept.v_new)
+        return o, final_state, residual
     w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
     _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
           output=o, final_state=final_state, states=None, v_new=None)
-    return o, final_state
+    return o, final_state, None
 
 
-def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size):
+def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size,
+                   residual=None):
+    """Gradients; ``residual``: the forward's kept intermediates (then stages 1-2 are skipped) or None."""
     q, k, v, beta, initial_state, do, dfinal_state = _contiguous(q, k, v, beta, initial_state, do, dfinal_state)
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -161,14 +226,14 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
             dh0.copy_(dfinal_state if dfinal_state is not None else torch.zeros_like(dh0))
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(beta), dh0
 
-    # B1, B2: recompute W, U, Aqk, then every chunk's entering state (input dtype, as the products use
-    # it) and Vn
-    tm = torch.empty(B, T, H, C, dtype=q.dtype, device=q.device) if plan.store_tm else None
-    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale, tm_out=tm)
-    states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
-    v_new = torch.empty_like(v)
-    _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
-          output=None, final_state=None, states=states, v_new=v_new)
+    # B1, B2: W, U, Aqk (and Tm), every chunk's entering state (input dtype, as the products use it) and
+    # Vn -- kept by the forward, or recomputed
+    _, kept = Intermediates.allocate(plan, layout, q, v, residual)
+    if residual is None:
+        _intra(plan, layout, q, k, v, beta, scale, tm_out=kept.tm, out=kept)
+        _scan(plan, layout, cu_seqlens, q, k, kept.w, kept.u, kept.aqk, scale, initial_state,
+              output=None, final_state=None, states=kept.states, v_new=kept.v_new)
+    w, aqk, tm, states, v_new = kept.w, kept.aqk, kept.tm, kept.states, kept.v_new
 
     # B3: reverse scan
     dstates = torch.empty_like(states)
@@ -215,6 +280,7 @@ register(
     "chunk",
     backward=chunk_backward,
     description="chunkwise WY (UT transform) in Triton: intra-chunk kernel + state scan with fused output",
+    keeps_residuals=True,
     dtypes=(torch.float32, torch.float16, torch.bfloat16),
     devices=triton_devices(),
     min_head_dim=16,

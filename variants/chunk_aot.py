@@ -48,6 +48,8 @@ def _kernels(plan, problem):
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
+        ("state_keep", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
+         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=True), plan.state),
         ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=False, COMPUTE_O=False, STORE_STATES=True), plan.state),
         ("state_bwd", chunk_state_bwd_kernel, {**ints, **f32("dht", "dh0")}, scalars,

@@ -21,6 +21,13 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
                         reports/h200-2026-11-29-s4/) or "recompute" (the WY kernel inverts again: no
                         extra buffer)
+    save_for_backward   what a differentiated call keeps for its backward: "intermediates" (default: W, U,
+                        Aqk, Tm, the chunks' entering states and Vn, stored by the forward's kernels; the
+                        backward skips its intra-chunk kernel and first scan) or "inputs" (q, k, v, beta
+                        only; the backward recomputes the rest into buffers of the same size while it
+                        runs). "intermediates" holds 3 D + 2 C + D^2 / C more elements per token and head
+                        between forward and backward at K = V = D: 6x the size of v at C = 64, D = 128.
+                        Inference calls keep nothing either way
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -66,10 +73,11 @@ SPACE: dict[str, tuple] = {
     "warps_wy": _WARPS,
     "stages_wy": _STAGES,
     "wy_inverse": ("recompute", "stored"),
+    "save_for_backward": ("intermediates", "inputs"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", save_for_backward="intermediates")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132

@@ -11,7 +11,8 @@ W, U, Aqk come from stage 1 (chunk_intra.py). Splitting V over programs is exact
 independent); it gives the GPU's SMs work when there are few sequences x heads.
 
 For the backward (STORE_STATES) the same scan stores every h_c (the state entering chunk c,
-[num_chunks, H, K, V] in the input dtype -- float32 for float32 inputs) and Vn ([B*T, H, V]).
+[num_chunks, H, K, V] in the input dtype -- float32 for float32 inputs) and Vn ([B*T, H, V]): in the
+backward's recompute, or in the forward beside the output when the op keeps them for the backward.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ Both are thin Python wrappers (validation, optional L2 normalisation, beta broad
 fake-tensor implementations and an autograd formula. torch.compile therefore traces through the op with
 no graph break, forward and backward. Variant and config resolution (``variant="auto"``, ``config=None``)
 happens inside the custom ops, where it runs eagerly.
+
+When the call will be differentiated, variants that keep residuals (``Variant.keeps_residuals``: "chunk")
+return what their backward would otherwise recompute as a third output of the forward op, a flat buffer
+whose size depends on the resolved config (the fake implementation gives it a data-dependent size); the
+autograd formula saves it and hands it to the backward op.
 """
 
 from __future__ import annotations
@@ -87,27 +92,24 @@ def _delta_rule_fwd(
     config: str,
     block_size: int,
     grad: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     check_cu_seqlens_values(cu_seqlens, q.shape[1])
     impl, cfg = resolve(family, variant, _decode_config(config), _problem(q, v, cu_seqlens, block_size), grad)
-    o, final_state = impl.forward(
-        q,
-        k,
-        v,
-        beta,
-        scale=scale,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens,
-        config=cfg,
-        block_size=block_size,
-    )
+    kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                  cu_seqlens=cu_seqlens, config=cfg, block_size=block_size)
+    residual = None
+    if impl.keeps_residuals:
+        o, final_state, residual = impl.forward(q, k, v, beta, keep_residuals=grad, **kwargs)
+    else:
+        o, final_state = impl.forward(q, k, v, beta, **kwargs)
+    if residual is None:
+        residual = q.new_empty(_EMPTY)
     if final_state is None:
         final_state = q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
     elif initial_state is not None and final_state.data_ptr() == initial_state.data_ptr():
         final_state = final_state.clone()  # a custom op's output may not alias an input (T = 0)
     # outputs must have the strides the fake implementation promises (contiguous)
-    return o.contiguous(), final_state.contiguous()
+    return o.contiguous(), final_state.contiguous(), residual
 
 
 @_delta_rule_fwd.register_fake
@@ -120,7 +122,9 @@ def _delta_rule_fwd_fake(q, k, v, beta, initial_state, cu_seqlens, scale, output
         final_state = q.new_empty(num_seqs, H, K, v.shape[-1], dtype=state_dtype(q.dtype))
     else:
         final_state = q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
-    return o, final_state
+    # the residual's size depends on the config resolved inside the op (empty when nothing is kept)
+    residual = q.new_empty(torch.library.get_ctx().new_dynamic_size()) if grad else q.new_empty(_EMPTY)
+    return o, final_state, residual
 
 
 @torch.library.custom_op("deltalab::delta_rule_bwd", mutates_args=())
@@ -131,6 +135,7 @@ def _delta_rule_bwd(
     beta: Tensor,
     initial_state: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
+    residual: Tensor,
     do: Tensor,
     dfinal_state: Optional[Tensor],
     scale: float,
@@ -142,39 +147,38 @@ def _delta_rule_bwd(
     impl, cfg = resolve(family, variant, _decode_config(config), _problem(q, v, cu_seqlens, block_size))
     if impl.backward is None:
         raise NotImplementedError(f"variant {impl.name!r} has no backward; pick one that declares it")
-    dq, dk, dv, dbeta, dh0 = impl.backward(
-        q,
-        k,
-        v,
-        beta,
-        scale=scale,
-        initial_state=initial_state,
-        cu_seqlens=cu_seqlens,
-        do=do.contiguous(),
-        dfinal_state=None if dfinal_state is None else dfinal_state.contiguous(),
-        config=cfg,
-        block_size=block_size,
-    )
+    kwargs = dict(scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do.contiguous(),
+                  dfinal_state=None if dfinal_state is None else dfinal_state.contiguous(), config=cfg,
+                  block_size=block_size)
+    if impl.keeps_residuals:
+        kwargs["residual"] = residual if residual.numel() else None
+    dq, dk, dv, dbeta, dh0 = impl.backward(q, k, v, beta, **kwargs)
     if dh0 is None:
         dh0 = q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbeta.contiguous(), dh0.contiguous()
 
 
 @_delta_rule_bwd.register_fake
-def _delta_rule_bwd_fake(q, k, v, beta, initial_state, cu_seqlens, do, dfinal_state, scale, family, variant, config, block_size):
+def _delta_rule_bwd_fake(q, k, v, beta, initial_state, cu_seqlens, residual, do, dfinal_state, scale, family, variant,
+                         config, block_size):
     dh0 = torch.empty_like(initial_state) if initial_state is not None else q.new_empty(_EMPTY, dtype=state_dtype(q.dtype))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta), dh0
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, beta, initial_state, cu_seqlens, scale, output_final_state, family, variant, config, block_size, _ = inputs
-    ctx.save_for_backward(q, k, v, beta, initial_state, cu_seqlens)
+    ctx.save_for_backward(q, k, v, beta, initial_state, cu_seqlens, output[2])
+    # unused outputs get None, not zeros: the residual never has a gradient (materialising one would fill
+    # a buffer of its size on every backward)
+    ctx.set_materialize_grads(False)
     ctx.params = (scale, output_final_state, family, variant, config, block_size)
 
 
-def _backward(ctx, do, dfinal_state):
-    q, k, v, beta, initial_state, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, do, dfinal_state, _dresidual):
+    q, k, v, beta, initial_state, cu_seqlens, residual = ctx.saved_tensors
     scale, output_final_state, family, variant, config, block_size = ctx.params
+    if do is None:  # o unused downstream (o has v's shape and dtype)
+        do = torch.zeros_like(v)
     dq, dk, dv, dbeta, dh0 = torch.ops.deltalab.delta_rule_bwd(
         q,
         k,
@@ -182,6 +186,7 @@ def _backward(ctx, do, dfinal_state):
         beta,
         initial_state,
         cu_seqlens,
+        residual,
         do,
         dfinal_state if output_final_state else None,
         scale,
@@ -234,7 +239,7 @@ def _call(
     # a call that will be differentiated gets configs measured forward+backward (its backward resolves
     # with grad=True too); inference gets forward-measured ones where an export has them
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, initial_state))
-    o, final_state = torch.ops.deltalab.delta_rule_fwd(
+    o, final_state, _residual = torch.ops.deltalab.delta_rule_fwd(
         q.contiguous(),
         k.contiguous(),
         v.contiguous(),

@@ -114,6 +114,11 @@ class Variant:
     block_size)`` returns ``(dq, dk, dv, dbeta, dinitial_state)``; ``dfinal_state`` and
     ``initial_state`` may be None, and then ``dinitial_state`` is None. ``backward_limit(problem)``
     names problems the backward refuses although the forward runs them.
+
+    A variant with ``keeps_residuals`` hands its backward what its forward computed: given the keyword
+    ``keep_residuals`` (True when the call will be differentiated), ``forward`` returns ``(o,
+    final_state, residual)``, residual a flat tensor in the input dtype or None (nothing kept: the
+    backward recomputes); ``backward`` takes ``residual`` (that tensor or None; absent means None).
     """
 
     name: str
@@ -134,6 +139,7 @@ class Variant:
     is_triton: bool = False
     # why the backward cannot run a problem the forward can (None: it can), e.g. a known defect
     backward_limit: Optional[Callable[[Problem], Optional[str]]] = None
+    keeps_residuals: bool = False
 
     @property
     def supports_backward(self) -> bool:
