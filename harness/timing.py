@@ -3,7 +3,10 @@
 On CUDA each call is timed on the GPU with a pair of CUDA events (the loop of
 ``triton.testing.do_bench``, but keeping all samples): one untimed call first (Triton compiles
 there), warm-up calls for ``warmup_ms``, then ``rep_ms`` worth of timed calls, the L2 cache flushed
-(a 256 MB buffer zeroed) before each one, outside the timed region. Small problems can instead be
+(a 256 MB buffer zeroed) before each one, outside the timed region. The first measurement on a device
+in a process first runs its call for ``SPIN_UP_MS`` more: an idle GPU sits at low clocks, and a few
+milliseconds of warm-up did not bring them up (a sweep's first row read 1.4x slow on an H200 in two
+of six processes, reports/h200-2026-11-29-s5/). Small problems can instead be
 captured once in a CUDA graph and replayed, which removes the host's launch overhead from the samples.
 On CPU (Triton's interpreter, torch on CPU) calls are timed with ``time.perf_counter``, with no
 untimed call when ``warmup_ms`` is 0 (the interpreter compiles nothing and is slow).
@@ -30,6 +33,9 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 # With cuda_graph="auto", calls shorter than this (ms) are timed as CUDA-graph replays.
 GRAPH_AUTO_MS = 0.05
+# GPU time (ms) of untimed calls before the first measurement on each device of a process (clock ramp-up).
+SPIN_UP_MS = 300.0
+_spun_up: set[int] = set()
 
 
 @dataclass
@@ -159,6 +165,8 @@ def _benchmark_cuda(
     max_reps: int,
 ) -> Timing:
     """CUDA-event samples of ``fn`` (or of a replayed CUDA graph of it); see the module docstring."""
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     with torch.cuda.device(device):
         fn()  # untimed: Triton compiles (and autotunes, for peers) here
         torch.cuda.synchronize()
@@ -172,7 +180,9 @@ def _benchmark_cuda(
             if graph is not None:
                 method, call = "cuda_graph", graph.replay
                 estimate_ms = _estimate_ms(call, cache)
-        n_warmup = _rep_count(estimate_ms, warmup_ms, 1, max_reps)
+        spin_up_ms = 0.0 if device.index in _spun_up else SPIN_UP_MS
+        _spun_up.add(device.index)
+        n_warmup = _rep_count(estimate_ms, warmup_ms + spin_up_ms, 1, max(max_reps, 10_000))
         n_repeat = _rep_count(estimate_ms, rep_ms, min_reps, max_reps)
 
         for _ in range(n_warmup):
@@ -187,7 +197,8 @@ def _benchmark_cuda(
             ends[i].record()
         torch.cuda.synchronize()
         samples = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    return Timing(samples, method=method, flush_l2=flush_l2, extra={"estimate_ms": estimate_ms})
+    return Timing(samples, method=method, flush_l2=flush_l2,
+                  extra={"estimate_ms": estimate_ms, "warmup_calls": n_warmup, "spin_up_ms": spin_up_ms})
 
 
 def benchmark(

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from deltalab.harness import env, peers, roofline
+from deltalab.harness import env, peers, roofline, timing
 from deltalab.harness.timing import Timing, benchmark, make_runner, time_variant
 from deltalab.variants import Cost, Problem, registry
 
@@ -179,6 +179,18 @@ def test_cuda_event_and_graph_timing():
     # a call that synchronises the host cannot be captured: timed eagerly instead
     synced = benchmark(lambda: (a @ a).sum().item(), warmup_ms=1, rep_ms=5, cuda_graph=True, device="cuda")
     assert synced.method == "cuda_events" and synced.n >= 5
+
+
+@pytest.mark.gpu
+def test_first_cuda_measurement_spins_the_gpu_up_once():
+    """The first measurement on a device in a process runs SPIN_UP_MS more of untimed calls (clock ramp);
+    later ones only their warm-up."""
+    a = torch.randn(1024, 1024, device="cuda")
+    timing._spun_up.discard(torch.cuda.current_device())
+    first = benchmark(lambda: a @ a, warmup_ms=1, rep_ms=5, device="cuda")
+    again = benchmark(lambda: a @ a, warmup_ms=1, rep_ms=5, device="cuda")
+    assert first.extra["spin_up_ms"] == timing.SPIN_UP_MS and again.extra["spin_up_ms"] == 0
+    assert first.extra["warmup_calls"] > 10 * again.extra["warmup_calls"]
 
 
 @pytest.mark.gpu
