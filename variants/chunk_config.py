@@ -223,7 +223,20 @@ def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fi
 
 
 def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
-    """Concrete tiles, warps and stages for ``problem`` (0 = automatic choices resolved here)."""
+    """Concrete tiles, warps and stages for ``problem`` (0 = automatic choices resolved here). Memoised:
+    every call of the op resolves its plan twice (constraints, then the launch) forward and backward,
+    which was a third of the op's host time."""
+    return _resolve_plan(tuple(sorted(config.items())), problem)
+
+
+def constraints(config: Config, problem: Problem) -> Optional[str]:
+    """Why ``config`` cannot run ``problem`` (None when it can): checked before anything compiles."""
+    return _constraints(tuple(sorted(config.items())), problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
+    config = dict(items)
     C = config["chunk_size"]
     BK, BV = padded(problem.K), padded(problem.V)
     isz = problem.itemsize
@@ -265,8 +278,9 @@ def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", intra, state, state_bwd, grads, wy)
 
 
-def constraints(config: Config, problem: Problem) -> Optional[str]:
-    """Why ``config`` cannot run ``problem`` (None when it can): checked before anything compiles."""
+@functools.lru_cache(maxsize=1024)
+def _constraints(items: tuple, problem: Problem) -> Optional[str]:
+    config = dict(items)
     BK, BV = padded(problem.K), padded(problem.V)
     for key, limit, what in (
         ("block_intra", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
