@@ -156,6 +156,36 @@ def test_kept_intermediates_match_recomputed_ones(poisoned_empty, chunk_size, dt
         assert torch.equal(kept[name], recomputed[name]), name
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("chunk_size, dtype", [(32, torch.float32), (64, torch.float16)])
+def test_separate_output_matches_reference(poisoned_empty, chunk_size, dtype, grad):
+    """output="separate": the scan stores every chunk's state and Vn, a parallel kernel reads O out --
+    same answers as the fused scan (packed sequences, initial states, partial chunks), with the
+    intermediates kept for the backward or, for inference, in buffers of its own."""
+    problem = Problem(B=1, T=130, H=2, K=40, V=48, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
+    inputs = random_inputs(problem, seed=16, device=DEVICE)
+    inputs.cu_seqlens = torch.tensor([0, 50, 50 + chunk_size + 3, 130], dtype=torch.int32, device=DEVICE)
+    config = {"chunk_size": chunk_size, "input_precision": "ieee", "output": "separate"}
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).separate_output
+    out = run_op("chunk", inputs, config, backward=grad)
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=grad), dtype, label="separate output")
+    fused = run_op("chunk", inputs, dict(config, output="fused"), backward=False)
+    assert rel_error(out["o"], fused["o"]) <= tolerance(dtype)
+    assert torch.equal(out["final_state"], fused["final_state"])  # the same scan
+
+
+def test_separate_output_widens_the_scan_at_wide_key_dims():
+    """Without Q and Aqk tiles the forward scan fits 64-wide V tiles at two stages at K = V = 256 in
+    bf16 (the fused scan: 16-wide), when there are programs enough to fill the SMs."""
+    problem = Problem(B=8, T=2048, H=8, K=256, V=256, dtype=torch.bfloat16)
+    separate = resolve_plan(dict(DEFAULT_CONFIG, output="separate"), problem)
+    fused = resolve_plan(DEFAULT_CONFIG, problem)
+    assert (separate.state.block_v, fused.state.block_v) == (64, 16)
+    assert separate.state.stages >= 2 and constraints(dict(DEFAULT_CONFIG, output="separate"), problem) is None
+    # the fused scan cannot take those tiles: refused for shared memory before anything compiles
+    assert "shared memory" in constraints(dict(DEFAULT_CONFIG, block_v=64), problem)
+
+
 def _forward_op(inputs, config: str, grad: bool):
     """The forward custom op itself: (o, final_state, residual)."""
     K = inputs.q.shape[-1]
@@ -381,6 +411,31 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
         assert 0 < usage["registers"] <= 255, (name, usage)
 
 
+def test_separate_output_plan_compiles_for_sm90_without_spills():
+    """The 64-wide, two-stage forward scan that output="separate" picks at K = V = 256 (bf16, B = 8) and
+    the output kernel: compiled for sm_90, within shared memory, no spills."""
+    import subprocess
+    import sys
+
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
+        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "256", "--V", "256",
+         "--H", "8", "--B", "8", "--T", "2048", "--chunk-size", "64", "--config", '{"output": "separate"}'],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"output", "state", "state_keep"} <= set(report)
+    for name, usage in report.items():
+        assert usage["shared_bytes"] <= 232448, (name, usage)
+        assert usage["spill_bytes"] == 0, (name, usage)
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 GPU_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 GPU_CASES = [
@@ -426,6 +481,19 @@ def test_gpu_kept_intermediates_match_recomputed_ones(poisoned_empty, dtype):
     assert_close(kept, run_op("reference", inputs.to(torch.float64)), dtype, label="kept intermediates")
     for name in OUTPUTS:
         assert torch.equal(kept[name], recomputed[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, B", [(torch.bfloat16, 256, 8), (torch.bfloat16, 128, 2), (torch.float32, 256, 2)])
+def test_gpu_separate_output(poisoned_empty, dtype, K, B):
+    """output="separate" on the GPU, the wide V tiles it allows at K = 256 included (B = 8: 64-wide)."""
+    problem = Problem(B=B, T=500, H=8, K=K, V=K, dtype=dtype, device="cuda")
+    inputs = random_inputs(problem, seed=17, device="cuda")
+    config = {"output": "separate"}
+    out = run_op("chunk", inputs, config)
+    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"separate output K={K}")
+    inference = run_op("chunk", inputs, config, backward=False)
+    assert torch.equal(inference["o"], out["o"])
 
 
 @pytest.mark.gpu

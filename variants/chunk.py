@@ -5,6 +5,8 @@ Forward, two kernels (../shared/deltanet.md):
                         Aqk = scale (Q K^T) (.) M, stored in the input dtype.
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
+With output="separate" the scan stores h_c and Vn instead of computing O, and a third kernel
+(chunk_output.py) computes O for all chunks in parallel.
 Backward, five kernels. What the backward needs from the forward -- W, U, Aqk, Tm, every chunk's entering
 state h_c and Vn -- the forward keeps when the call will be differentiated (save_for_backward=
 "intermediates", the default: the forward's kernels also store Tm, h_c and Vn, and stages 1-2 below are
@@ -35,6 +37,7 @@ from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
 from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
 from .chunk_intra import chunk_intra_fwd_kernel
+from .chunk_output import chunk_output_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
@@ -198,16 +201,34 @@ def _forward(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens
         if final_state is not None:
             final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
         return o, final_state, None
+    residual, states, v_new = None, None, None
     if keep_residuals and config["save_for_backward"] == "intermediates":
         residual, kept = Intermediates.allocate(plan, layout, q, v)
-        _intra(plan, layout, q, k, v, beta, scale, tm_out=kept.tm, out=kept)
-        _scan(plan, layout, cu_seqlens, q, k, kept.w, kept.u, kept.aqk, scale, initial_state,
-              output=o, final_state=final_state, states=kept.states, v_new=kept.v_new)
-        return o, final_state, residual
-    w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+        w, u, aqk = _intra(plan, layout, q, k, v, beta, scale, tm_out=kept.tm, out=kept)
+        states, v_new = kept.states, kept.v_new
+    else:
+        w, u, aqk = _intra(plan, layout, q, k, v, beta, scale)
+        if plan.separate_output:
+            states = torch.empty(layout.num_chunks, H, K, V, dtype=q.dtype, device=q.device)
+            v_new = torch.empty_like(v)
     _scan(plan, layout, cu_seqlens, q, k, w, u, aqk, scale, initial_state,
-          output=o, final_state=final_state, states=None, v_new=None)
-    return o, final_state, None
+          output=None if plan.separate_output else o, final_state=final_state, states=states, v_new=v_new)
+    if plan.separate_output:
+        _output(plan, layout, q, aqk, states, v_new, o, scale)
+    return o, final_state, residual
+
+
+def _output(plan: ChunkPlan, layout: ChunkLayout, q, aqk, states, v_new, o, scale: float) -> None:
+    """Stage 3 with output="separate": O from the stored chunk states and Vn, all chunks in parallel."""
+    B, T, H, K = q.shape
+    V = o.shape[-1]
+    launch = plan.output
+    chunk_output_kernel[(layout.num_chunks, H, triton.cdiv(V, launch.block_v))](
+        q, aqk, states, v_new, o, layout.chunk_table, T, scale,
+        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
+        IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision,
+        num_warps=launch.warps, num_stages=launch.stages,
+    )
 
 
 def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfinal_state, config, block_size,

@@ -33,6 +33,7 @@ def _kernels(plan, problem):
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel
+    from .chunk_output import chunk_output_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
     common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
@@ -42,14 +43,19 @@ def _kernels(plan, problem):
     pr = plan.precision
     scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
     intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr)
-    stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
+    fused = not plan.separate_output
+    separate = [("output", chunk_output_kernel, ints, scalars,
+                 dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
+                ] if plan.separate_output else []
+    stored = separate + [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
                dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm else []
     return stored + [
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
-         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=False), plan.state),
+         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=fused, STORE_STATES=not fused),
+         plan.state),
         ("state_keep", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
-         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=True, STORE_STATES=True), plan.state),
+         dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=fused, STORE_STATES=True), plan.state),
         ("state_recompute", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=False, COMPUTE_O=False, STORE_STATES=True), plan.state),
         ("state_bwd", chunk_state_bwd_kernel, {**ints, **f32("dht", "dh0")}, scalars,

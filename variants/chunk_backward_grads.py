@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_intra import chunk_bounds
+from .chunk_intra import chunk_program_tile
 
 
 @triton.jit
@@ -28,13 +28,7 @@ def chunk_grads_kernel(
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ, partial dK and dW of chunk program_id(0), head program_id(1)."""
-    pid_chunk = tl.program_id(0)
-    head = tl.program_id(1)
-    start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
-    rows = tl.arange(0, C)
-    tok = start + rows
-    tmask = tok < end
-    state_base = (pid_chunk.to(tl.int64) * H + head) * K * V
+    head, rows, tok, tmask, state_base = chunk_program_tile(chunk_table, T, H, K, V, C, IS_VARLEN)
 
     # S = scale (dO Vn^T) masked to the lower triangle
     s = tl.zeros([C, C], dtype=tl.float32)

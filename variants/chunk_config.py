@@ -28,6 +28,12 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         runs). "intermediates" holds 3 D + 2 C + D^2 / C more elements per token and head
                         between forward and backward at K = V = D: 6x the size of v at C = 64, D = 128.
                         Inference calls keep nothing either way
+    output              where the forward's output O = scale Q h_c + Aqk Vn is computed: "fused" (default: in
+                        the sequential scan) or "separate" (the scan stores every chunk's entering state
+                        and Vn, and a parallel kernel, chunk_output.py, computes O): the scan then holds no
+                        Q or Aqk tiles, so at key dims above 128 wider V tiles fit two pipeline stages (each
+                        V tile re-reads the chunk's key-side tiles); costs the states' memory in inference
+                        too. Not yet timed on a GPU (reports/h200-2026-11-29-s5/)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -74,10 +80,12 @@ SPACE: dict[str, tuple] = {
     "stages_wy": _STAGES,
     "wy_inverse": ("recompute", "stored"),
     "save_for_backward": ("intermediates", "inputs"),
+    "output": ("fused", "separate"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", save_for_backward="intermediates")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", save_for_backward="intermediates",
+                      output="fused")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -118,11 +126,13 @@ class ChunkPlan:
     precision: str
     key_tile: int  # padded K: the scans hold the whole key dimension of the state
     store_tm: bool  # backward: the intra-chunk recompute stores Tm for the WY kernel (wy_inverse="stored")
+    separate_output: bool  # output="separate": the forward scan stores states, chunk_output.py reads out
     intra: Launch
     state: Launch
     state_bwd: Launch
     grads: Launch
     wy: Launch
+    output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -144,17 +154,23 @@ def _intra_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) ->
     return smem, regs
 
 
-def _state_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
-    """Forward scan: W, Q, K^T, U and Aqk tiles per chunk step; the state slice in registers, converted
-    through shared memory for the tensor cores (16-bit inputs; float32 products run on FMA units).
-    Matches ptxas for sm_90 within ~5 %, e.g. bf16 K=256, C=64: 2 stages 222 KB, 1 stage 116 KB."""
-    loop = [isz * C * BK] * 3 + [isz * C * bv, isz * C * C]
+def _state_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int, with_output: bool = True) -> tuple[int, float]:
+    """Forward scan: W, Q, K^T, U and Aqk tiles per chunk step (W, K^T and U without the output); the state
+    slice in registers, converted through shared memory for the tensor cores (16-bit inputs; float32
+    products run on FMA units). Matches ptxas for sm_90 within ~5 %, e.g. bf16 K=256, C=64: 2 stages
+    222 KB, 1 stage 116 KB."""
+    loop = [isz * C * BK] * (3 if with_output else 2) + [isz * C * bv] + ([isz * C * C] if with_output else [])
     convert = isz * (BK * bv + C * bv) if isz < 4 else isz * C * bv
     smem = _pipelined(stages, loop) + convert
     # the float32 state, its input-dtype copy for the products, Vn / O, and the W / Q tiles: at K = 256
     # with 32-wide V tiles this asks for 8 warps (4 spill on sm_90)
-    regs = (BK * bv * (1 + isz / 4) + 2 * C * bv + 2 * C * BK * isz / 4) / (32 * warps)
+    regs = (BK * bv * (1 + isz / 4) + 2 * C * bv + (2 if with_output else 1) * C * BK * isz / 4) / (32 * warps)
     return smem, regs
+
+
+def _state_no_output_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """The forward scan without the output (output="separate", and the backward's recompute)."""
+    return _state_needs(C, BK, bv, isz, stages, warps, with_output=False)
 
 
 def _state_bwd_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
@@ -209,11 +225,12 @@ def scan_min_stages(key_tile: int, itemsize: int) -> int:
     return WIDE_KEY_MIN_STAGES if key_tile > WIDE_KEY_TILE and itemsize < 4 else 1
 
 
-def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits) -> int:
+def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits, with_output: bool = True) -> int:
     """The widest V tile (<= 64) that still gives every SM a scan program and fits (``fits(block)``:
     shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above WIDE_KEY_TILE
-    (wider ones fit only one stage there: a fault in 16-bit, unchecked on a GPU in float32)."""
-    if key_tile > WIDE_KEY_TILE:
+    for scans with the output (wider ones fit only one stage there: a fault in 16-bit, unchecked on a
+    GPU in float32)."""
+    if key_tile > WIDE_KEY_TILE and with_output:
         return min(16, value_tile)
     sms, _ = device_limits()
     for block in (64, 32):
@@ -257,11 +274,13 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
 
     scan_stages = scan_min_stages(BK, isz)
 
-    def scan_block_v(key: str, needs) -> int:
+    def scan_block_v(key: str, needs, with_output: bool = True) -> int:
         return config[key] or _auto_block_v(
-            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit)
+            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit, with_output)
 
-    state = launch(_state_needs, BK, scan_block_v("block_v", _state_needs), "warps_state", "stages_state",
+    separate = config["output"] == "separate"
+    state_needs = _state_no_output_needs if separate else _state_needs
+    state = launch(state_needs, BK, scan_block_v("block_v", state_needs, not separate), "warps_state", "stages_state",
                    min_stages=scan_stages)
     state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
                        "warps_state_bwd", "stages_state_bwd", min_stages=scan_stages)
@@ -275,7 +294,10 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256
     block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
     wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
-    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", intra, state, state_bwd, grads, wy)
+    # the separate output kernel: parallel and memory-bound, not tuned; 64-wide tiles, two stages
+    output = Launch(min(BK, 64), min(BV, 64), 4, 2)
+    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", separate, intra, state,
+                     state_bwd, grads, wy, output)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -302,7 +324,8 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
     _, smem_limit = device_limits()
     checks = (
         ("intra-chunk kernel", "intra", _intra_needs(C, plan.intra.block_k, plan.intra.block_v, isz, plan.intra.stages, plan.intra.warps)),
-        ("state scan", "state", _state_needs(C, BK, plan.state.block_v, isz, plan.state.stages, plan.state.warps)),
+        ("state scan", "state", _state_needs(C, BK, plan.state.block_v, isz, plan.state.stages, plan.state.warps,
+                                             with_output=not plan.separate_output)),
         ("reverse state scan", "state_bwd",
          _state_bwd_needs(C, BK, plan.state_bwd.block_v, isz, plan.state_bwd.stages, plan.state_bwd.warps)),
         ("gradient kernel", "grads", _grads_needs(C, plan.grads.block_k, plan.grads.block_v, isz, plan.grads.stages, plan.grads.warps)),

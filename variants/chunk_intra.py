@@ -52,6 +52,22 @@ def chunk_bounds(pid_chunk, chunk_table, T, C: tl.constexpr, IS_VARLEN: tl.const
 
 
 @triton.jit
+def chunk_program_tile(chunk_table, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+                       IS_VARLEN: tl.constexpr):
+    """What a per-(chunk, head) program (program_id(0) = chunk, program_id(1) = head; the gradient and
+    output kernels) works on: its head, the chunk's rows, token indices and their mask, and the offset of
+    the chunk's [K, V] state in a [num_chunks, H, K, V] tensor."""
+    pid_chunk = tl.program_id(0)
+    head = tl.program_id(1)
+    start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
+    rows = tl.arange(0, C)
+    tok = start + rows
+    tmask = tok < end
+    state_base = (pid_chunk.to(tl.int64) * H + head) * K * V
+    return head, rows, tok, tmask, state_base
+
+
+@triton.jit
 def chunk_inverse(k, beta, start, end, head, scratch,
                   H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr,
                   PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr):
