@@ -39,7 +39,7 @@ RESULT_COLUMNS = (
     "reason", "median_ms", "mean_ms", "std_ms", "min_ms", "cv", "n_samples", "samples_ms", "tokens_per_s",
     "tflops", "gbps", "floor_ms", "floor_ratio", "gpu", "torch", "triton", "deltalab", "git_commit", "date",
 )  # fmt: skip
-EXTRA_COLUMNS = ("peer", "timing_method", "device")
+EXTRA_COLUMNS = ("peer", "timing_method", "device", "host_ms")
 ENV_FIELDS = ("gpu", "torch", "triton", "deltalab", "git_commit", "date")
 
 PAPER_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -187,6 +187,7 @@ def _fill_measurement(row: dict, timing: Timing, problem: Problem, cost: Optiona
         n_samples=timing.n,
         samples_ms=list(timing.samples_ms),
         timing_method=timing.method,
+        host_ms=timing.extra.get("host_ms"),  # CUDA only: the host's time to issue one call
         tokens_per_s=problem.tokens / (timing.median_ms * 1e-3) if timing.median_ms > 0 else None,
     )
     if cost is not None and timing.median_ms > 0:

@@ -3,7 +3,9 @@
 On CUDA each call is timed on the GPU with a pair of CUDA events (the loop of
 ``triton.testing.do_bench``, but keeping all samples): one untimed call first (Triton compiles
 there), warm-up calls for ``warmup_ms``, then ``rep_ms`` worth of timed calls, the L2 cache flushed
-(a 256 MB buffer zeroed) before each one, outside the timed region. The first measurement on a device
+(a 256 MB buffer zeroed) before each one, outside the timed region; the host's time to issue each call
+is kept too (``extra["host_ms"]``, median): a call whose host time nears its GPU time leaves the GPU
+idle inside the timed region. The first measurement on a device
 in a process first runs its call for ``SPIN_UP_MS`` more: an idle GPU sits at low clocks, and a few
 milliseconds of warm-up did not bring them up (a sweep's first row read 1.4x slow on an H200 in two
 of six processes, reports/h200-2026-11-29-s5/). Small problems can instead be
@@ -189,16 +191,20 @@ def _benchmark_cuda(
             call()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
+        host_ms = []
         for i in range(n_repeat):
             if cache is not None:
                 cache.zero_()  # outside the events: evicts the previous call's operands from L2
             starts[i].record()
+            host_start = time.perf_counter()
             call()
+            host_ms.append((time.perf_counter() - host_start) * 1e3)
             ends[i].record()
         torch.cuda.synchronize()
         samples = [s.elapsed_time(e) for s, e in zip(starts, ends)]
     return Timing(samples, method=method, flush_l2=flush_l2,
-                  extra={"estimate_ms": estimate_ms, "warmup_calls": n_warmup, "spin_up_ms": spin_up_ms})
+                  extra={"estimate_ms": estimate_ms, "warmup_calls": n_warmup, "spin_up_ms": spin_up_ms,
+                         "host_ms": statistics.median(host_ms)})
 
 
 def benchmark(

@@ -39,7 +39,8 @@ TARGETS: dict[tuple[str, str], Target] = {
 
 
 def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
-    """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio."""
+    """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio and
+    host_share (our host time to issue a call / our median GPU time; NaN where not recorded)."""
     rows = []
     for ours, peer in pairs:
         mine = ok[ok["variant"] == ours]
@@ -58,9 +59,17 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
                     "peer_ms": float(r["median_ms_peer"]),
                     "ratio": float(r["median_ms_peer"]) / float(r["median_ms"]),
                     "floor_ratio": float(r.get("floor_ratio", float("nan"))),
+                    "host_share": _host_share(r),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _host_share(row) -> float:
+    host = row.get("host_ms")
+    if host is None or pd.isna(host) or not row["median_ms"]:
+        return float("nan")
+    return float(host) / float(row["median_ms"])
 
 
 def summarise(ratios: pd.DataFrame) -> pd.DataFrame:
@@ -96,13 +105,15 @@ def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFra
         console.print("[yellow]no shape was measured for both one of ours and its peer (fla_chunk, fla_recurrent)[/]")
         return
     table = Table(title="peer time / our time (above 1: ours is faster)", caption=caption or None)
-    for col in ("variant", "mode", "dtype", "B x T", "H", "K", "V", "ours ms", "peer ms", "ratio", "x floor"):
+    # "host": our host time per call as a share of our GPU time -- near 100 % the GPU waits for the host
+    for col in ("variant", "mode", "dtype", "B x T", "H", "K", "V", "ours ms", "peer ms", "ratio", "x floor", "host"):
         table.add_column(col, justify="right" if col not in ("variant", "mode", "dtype") else "left")
     for _, r in ratios.sort_values(["variant", "mode", "K", "T"]).iterrows():
         table.add_row(
             r["variant"], r["mode"], str(r["dtype"]), f"{r['B']} x {r['T']}", str(r["H"]), str(r["K"]), str(r["V"]),
             number(r["ours_ms"]), number(r["peer_ms"]), speedup_text(r["ratio"]),
             "-" if math.isnan(r["floor_ratio"]) else f"{r['floor_ratio']:.1f}",
+            "-" if math.isnan(r.get("host_share", float("nan"))) else f"{100 * r['host_share']:.0f} %",
         )  # fmt: skip
     console.print(table)
     totals = Table(title="geometric mean over shapes, against the targets")

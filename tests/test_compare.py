@@ -35,6 +35,27 @@ def test_ratios_geomean_and_targets_on_synthetic_rows():
     assert summary.loc[("recurrent", "fwd"), "met"]
 
 
+def test_host_share_shown_where_recorded():
+    """Rows with the host's time per call get host_share = host / GPU median and a "host" column; older
+    results without it get NaN and "-"."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from deltalab.reports.compare import print_comparison
+
+    ok = pd.DataFrame([
+        dict(_row("chunk", "fwd+bwd", 2048, 2.0), host_ms=1.5), _row("fla_chunk", "fwd+bwd", 2048, 2.4),
+        _row("chunk", "fwd", 2048, 0.5), _row("fla_chunk", "fwd", 2048, 0.6),
+    ])  # fmt: skip
+    ratios = ratio_rows(ok).set_index("mode")
+    assert math.isclose(ratios.loc["fwd+bwd", "host_share"], 0.75)
+    assert math.isnan(ratios.loc["fwd", "host_share"])
+    out = StringIO()
+    print_comparison(Console(file=out, width=160), ratio_rows(ok), summarise(ratio_rows(ok)))
+    assert "75 %" in out.getvalue()
+
+
 def test_committed_h200_results():
     """The committed H200 sweep: recurrent beats the peer's fused_recurrent >= 2x, chunk misses its target."""
     summary = summarise(ratio_rows(load_results([H200]).ok)).set_index(["variant", "mode"])

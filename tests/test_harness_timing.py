@@ -167,6 +167,7 @@ def test_cuda_event_and_graph_timing():
     a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
     t = benchmark(lambda: a @ a, warmup_ms=5, rep_ms=20, device="cuda")
     assert t.method == "cuda_events" and t.n >= 5 and 0 < t.median_ms < 10
+    assert 0 < t.extra["host_ms"] < 10  # the host's time to issue one call
     g = benchmark(lambda: a @ a, warmup_ms=5, rep_ms=20, cuda_graph=True, device="cuda")
     assert g.method == "cuda_graph" and g.n >= 5 and 0 < g.median_ms < 10
     # both measure the same matmul: within a factor of two of each other
