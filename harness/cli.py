@@ -252,6 +252,9 @@ def sweep_command(
     flush_l2: bool = typer.Option(True, "--flush-l2/--no-flush-l2", help="Flush L2 before every timed call."),
     roofline: bool = typer.Option(True, "--roofline/--no-roofline", help="Measure the ceilings for floor figures."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any item failed."),
+    config: str | None = typer.Option(
+        None, "--config", help='A JSON config for the listed variants of ours, e.g. \'{"output": "separate"}\' (default: the op\'s choice).'
+    ),
 ) -> None:
     """Throughput sweep over sequence lengths, head dims, modes and dtypes; writes results.csv/json,
     environment.json and ceilings.json, and prints speed-ups against a baseline. Without a GPU it runs
@@ -301,6 +304,21 @@ def sweep_command(
         console.print(f"[red]--variants: unknown {', '.join(unknown)} (registered: {', '.join(registry.names(family))})[/]")
         raise typer.Exit(2)
     peer_names = [p for p in peer_mod.available() if p not in names] if peers and family == "delta_rule" else []
+    configs = {}
+    if config:
+        import json
+
+        try:
+            parsed = json.loads(config)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"expected a JSON object, got {config!r}")
+            for name in names:
+                if not peer_mod.is_peer(name):
+                    registry.get(name, family).check_config(parsed)  # unknown keys or values, named
+                    configs[name] = parsed
+        except ValueError as exc:
+            console.print(f"[red]--config: {exc}[/]")
+            raise typer.Exit(2)
     if not on_gpu:
         console.print(
             "[bold yellow]No CUDA GPU: sweeping a tiny CPU grid"
@@ -319,6 +337,7 @@ def sweep_command(
         dtypes=dtype_list,
         family=family,
         peers=peer_names,
+        configs=configs,
         warmup_ms=warmup_ms if warmup_ms is not None else (25.0 if on_gpu else 0.0),
         rep_ms=rep_ms if rep_ms is not None else (100.0 if on_gpu else 0.0),
         min_reps=min_reps or (5 if on_gpu else 2),

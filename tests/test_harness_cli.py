@@ -91,6 +91,22 @@ def test_cpu_sweep_end_to_end(tmp_path):
     assert "speed-up vs torch_chunk" in result.output
 
 
+def test_sweep_config_applies_to_our_variants(tmp_path):
+    """--config: one config for the listed variants of ours (peers untouched), recorded per row."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "--variants", "chunk", "--no-peers", "--T", "32", "--D", "16", "--tokens", "32", "--hd", "16",
+            "--out", str(out), "--config", '{"chunk_size": 16, "output": "separate"}']
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert [r["status"] for r in rows] == ["ok"]
+    assert json.loads(rows[0]["config"])["output"] == "separate" and json.loads(rows[0]["config"])["chunk_size"] == 16
+    bad = runner.invoke(app, ["sweep", "--variants", "chunk", "--config", '{"chunk_sise": 16}', "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--config" in bad.output and "chunk_sise" in bad.output
+    assert runner.invoke(app, ["sweep", "--config", "[1]", "--out", str(tmp_path)]).exit_code == 2
+
+
 def test_sweep_rejects_bad_options(tmp_path):
     assert runner.invoke(app, ["sweep", "--variants", "nope", "--out", str(tmp_path)]).exit_code == 2
     assert runner.invoke(app, ["sweep", "--T", "4 kilo", "--out", str(tmp_path)]).exit_code == 2
