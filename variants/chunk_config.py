@@ -225,12 +225,13 @@ def scan_min_stages(key_tile: int, itemsize: int) -> int:
     return WIDE_KEY_MIN_STAGES if key_tile > WIDE_KEY_TILE and itemsize < 4 else 1
 
 
-def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits, with_output: bool = True) -> int:
+def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits, wide_keys_widen: bool = False) -> int:
     """The widest V tile (<= 64) that still gives every SM a scan program and fits (``fits(block)``:
     shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above WIDE_KEY_TILE
-    for scans with the output (wider ones fit only one stage there: a fault in 16-bit, unchecked on a
-    GPU in float32)."""
-    if key_tile > WIDE_KEY_TILE and with_output:
+    unless ``wide_keys_widen`` (16-bit scans without the output: wider tiles fit two stages there; with
+    the output they fit one stage only -- a fault in 16-bit -- and float32 runs one stage, unchecked on a
+    GPU beyond 16-wide tiles)."""
+    if key_tile > WIDE_KEY_TILE and not wide_keys_widen:
         return min(16, value_tile)
     sms, _ = device_limits()
     for block in (64, 32):
@@ -274,14 +275,14 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
 
     scan_stages = scan_min_stages(BK, isz)
 
-    def scan_block_v(key: str, needs, with_output: bool = True) -> int:
+    def scan_block_v(key: str, needs, wide_keys_widen: bool = False) -> int:
         return config[key] or _auto_block_v(
-            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit, with_output)
+            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit, wide_keys_widen)
 
     separate = config["output"] == "separate"
     state_needs = _state_no_output_needs if separate else _state_needs
-    state = launch(state_needs, BK, scan_block_v("block_v", state_needs, not separate), "warps_state", "stages_state",
-                   min_stages=scan_stages)
+    state = launch(state_needs, BK, scan_block_v("block_v", state_needs, separate and isz < 4), "warps_state",
+                   "stages_state", min_stages=scan_stages)
     state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
                        "warps_state_bwd", "stages_state_bwd", min_stages=scan_stages)
     # grads tiles: the widest (<= 64) that fit at one stage

@@ -4,8 +4,9 @@ Both are thin Python wrappers (validation, optional L2 normalisation, beta broad
 ``torch.library`` custom ops, ``deltalab::delta_rule_fwd`` and ``deltalab::delta_rule_bwd``, which carry
 fake-tensor implementations and an autograd formula. torch.compile therefore traces through the op with
 no graph break, forward and backward. Eager calls run the same implementations and formula through a
-plain ``torch.autograd.Function`` (``_EagerDeltaRule``): the dispatcher was a third of the host time. Variant and config resolution (``variant="auto"``, ``config=None``)
-happens inside the custom ops, where it runs eagerly.
+plain ``torch.autograd.Function`` (``_EagerDeltaRule``): the dispatcher was a third of the host time.
+Variant and config resolution (``variant="auto"``, ``config=None``) happens inside the ops' implementations,
+where it runs eagerly.
 
 When the call will be differentiated, variants that keep residuals (``Variant.keeps_residuals``: "chunk")
 return what their backward would otherwise recompute as a third output of the forward op, a flat buffer
