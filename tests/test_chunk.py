@@ -411,6 +411,34 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
         assert 0 < usage["registers"] <= 255, (name, usage)
 
 
+def test_register_caps_reach_the_compiler(poisoned_empty):
+    """regs_intra / regs_wy cap the persistent kernels' registers (ptxas .maxnreg): compiled for sm_90 they
+    use at most that many (spilling the rest); the interpreter ignores the cap, so the answers still hold."""
+    import subprocess
+    import sys
+
+    problem = Problem(B=1, T=70, H=2, K=32, V=48, dtype=torch.float32, device=DEVICE)
+    check_against_reference(problem, {"chunk_size": 32, "input_precision": "ieee", "regs_intra": 64, "regs_wy": 80})
+    plan = resolve_plan(dict(DEFAULT_CONFIG, regs_intra=64, regs_wy=80), problem)
+    assert plan.intra.options["maxnreg"] == 64 and plan.wy.options["maxnreg"] == 80
+    assert "maxnreg" not in resolve_plan(DEFAULT_CONFIG, problem).intra.options
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
+        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "128", "--V", "128",
+         "--chunk-size", "64", "--config", '{"regs_intra": 64, "regs_wy": 80}'],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["intra"]["registers"] <= 64 and report["intra_store_tm"]["registers"] <= 64
+    assert report["wy"]["registers"] <= 80
+    assert report["grads"]["registers"] > 80  # uncapped kernels keep the compiler's choice
+
+
 def test_separate_output_plan_compiles_for_sm90_without_spills():
     """The 64-wide, two-stage forward scan that output="separate" picks at K = V = 256 (bf16, B = 8) and
     the output kernel: compiled for sm_90, within shared memory, no spills."""

@@ -149,7 +149,7 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
             q, k, v, beta, w, u, aqk, tm_out, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
             H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
             IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
-            STORE_TM=tm_out is not None, num_warps=launch.warps, num_stages=launch.stages,
+            STORE_TM=tm_out is not None, **launch.options,
         )
     return w, u, aqk
 
@@ -287,8 +287,7 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     chunk_wy_bwd_kernel[(programs,)](
         k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, tm, scratch, layout.chunk_table, T, layout.num_chunks * H,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
-        PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None,
-        num_warps=launch.warps, num_stages=launch.stages,
+        PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None, **launch.options,
     )
     return dq, dk, dv, dbeta, dh0
 

@@ -95,7 +95,7 @@ def compile_report(config: dict, problem, arch: int = 90) -> dict:
         # a real launch specialises 16-byte aligned pointers; without it no load is vectorised
         attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names) if signature[arg].startswith("*")}
         kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
-                                options={"num_warps": launch.warps, "num_stages": launch.stages})
+                                options=launch.options)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()

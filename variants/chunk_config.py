@@ -16,6 +16,10 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
+    regs_intra, regs_wy registers per thread the persistent intra-chunk / WY kernels may use (0: the
+                        compiler's choice, ~120 at C = 64 with 8 warps: two programs per SM). Both are
+                        latency-bound chains of barriers and workspace round trips; 64 fits four programs
+                        per SM at the cost of spills (264 bytes at D = 128, sm_90). Not yet timed
     wy_inverse          where the WY backward gets Tm: "stored" (default: the backward's intra-chunk
                         recompute also writes Tm in the input dtype -- the size of Aqk -- and the WY kernel
                         reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
@@ -46,7 +50,7 @@ stages: 468 KB at K = 256) and is mostly out of reach for float32.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -58,6 +62,7 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 _TILES = (0, 16, 32, 64, 128)
 _WARPS = (0, 1, 2, 4, 8, 16)
 _STAGES = (0, 1, 2, 3, 4)
+_REGS = (0, 64, 80, 96, 128)
 
 SPACE: dict[str, tuple] = {
     "chunk_size": CHUNK_SIZES,
@@ -65,6 +70,7 @@ SPACE: dict[str, tuple] = {
     "block_intra": _TILES,
     "warps_intra": _WARPS,
     "stages_intra": _STAGES,
+    "regs_intra": _REGS,
     "block_v": _TILES,
     "warps_state": _WARPS,
     "stages_state": _STAGES,
@@ -78,6 +84,7 @@ SPACE: dict[str, tuple] = {
     "block_wy": _TILES,
     "warps_wy": _WARPS,
     "stages_wy": _STAGES,
+    "regs_wy": _REGS,
     "wy_inverse": ("recompute", "stored"),
     "save_for_backward": ("intermediates", "inputs"),
     "output": ("fused", "separate"),
@@ -116,6 +123,15 @@ class Launch:
     block_v: int
     warps: int
     stages: int
+    max_regs: int = 0  # registers per thread the compiler may use (ptxas .maxnreg); 0: its own choice
+
+    @property
+    def options(self) -> dict:
+        """Triton launch / compile options."""
+        options = {"num_warps": self.warps, "num_stages": self.stages}
+        if self.max_regs:
+            options["maxnreg"] = self.max_regs
+        return options
 
 
 @dataclass(frozen=True)
@@ -269,7 +285,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         return Launch(bk, bv, warps, stages)
 
     block = config["block_intra"] or (64 if C <= 64 else 32)
-    intra = launch(_intra_needs, min(block, BK), min(block, BV), "warps_intra", "stages_intra", 8 if C >= 64 else 4)
+    intra = replace(launch(_intra_needs, min(block, BK), min(block, BV), "warps_intra", "stages_intra", 8 if C >= 64 else 4),
+                    max_regs=config["regs_intra"])
     programs = problem.num_seqs * problem.H
     _, smem_limit = device_limits()
 
@@ -294,7 +311,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                    config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads", 8 if C >= 64 else 4)
     # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256
     block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
-    wy = launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4)
+    wy = replace(launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4),
+                 max_regs=config["regs_wy"])
     # the separate output kernel: parallel and memory-bound, not tuned; 64-wide tiles, two stages
     output = Launch(min(BK, 64), min(BV, 64), 4, 2)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", separate, intra, state,
