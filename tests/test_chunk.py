@@ -377,6 +377,22 @@ def test_chunk_layout_keeps_chunks_inside_sequences():
     assert fixed.num_chunks == 3 * 4 and fixed.chunk_table is None
 
 
+def _aot_report(*args: str) -> dict:
+    """``python -m deltalab.variants.chunk_aot --dtype bfloat16 ARGS`` in a process without the interpreter:
+    every kernel's registers, spill bytes and shared memory compiled for sm_90 (skips without ptxas)."""
+    import subprocess
+    import sys
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
+        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", *args],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("shape", [["--K", "128", "--V", "128"],
                                    ["--K", "256", "--V", "256", "--H", "8", "--B", "4", "--T", "4096"]],
                          ids=["D128-T16K", "D256-B4-T4K"])
@@ -386,21 +402,7 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     registers (spills are what turn a scan latency-bound). Shapes: D = 128 (the issue's), and D = 256 at
     B = 4, T = 4096 -- where the backward faulted on an H200 and the old automatic warps and WY tiles
     spilled."""
-    import subprocess
-    import sys
-
-    import triton
-
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
-        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", *shape, "--chunk-size", "64"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _aot_report(*shape, "--chunk-size", "64")
     # the default stores Tm in the intra-chunk kernel (and the WY kernel loads it); "state_keep" is the
     # forward scan of a differentiated call (output, states and Vn)
     assert set(report) == {"intra", "intra_store_tm", "state", "state_keep", "state_recompute", "state_bwd", "grads",
@@ -414,26 +416,13 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
 def test_register_caps_reach_the_compiler(poisoned_empty):
     """regs_intra / regs_wy cap the persistent kernels' registers (ptxas .maxnreg): compiled for sm_90 they
     use at most that many (spilling the rest); the interpreter ignores the cap, so the answers still hold."""
-    import subprocess
-    import sys
-
     problem = Problem(B=1, T=70, H=2, K=32, V=48, dtype=torch.float32, device=DEVICE)
     check_against_reference(problem, {"chunk_size": 32, "input_precision": "ieee", "regs_intra": 64, "regs_wy": 80})
     plan = resolve_plan(dict(DEFAULT_CONFIG, regs_intra=64, regs_wy=80), problem)
     assert plan.intra.options["maxnreg"] == 64 and plan.wy.options["maxnreg"] == 80
     assert "maxnreg" not in resolve_plan(DEFAULT_CONFIG, problem).intra.options
 
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
-        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "128", "--V", "128",
-         "--chunk-size", "64", "--config", '{"regs_intra": 64, "regs_wy": 80}'],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _aot_report("--K", "128", "--V", "128", "--chunk-size", "64", "--config", '{"regs_intra": 64, "regs_wy": 80}')
     assert report["intra"]["registers"] <= 64 and report["intra_store_tm"]["registers"] <= 64
     assert report["wy"]["registers"] <= 80
     assert report["grads"]["registers"] > 80  # uncapped kernels keep the compiler's choice
@@ -442,22 +431,8 @@ def test_register_caps_reach_the_compiler(poisoned_empty):
 def test_separate_output_plan_compiles_for_sm90_without_spills():
     """The 64-wide, two-stage forward scan that output="separate" picks at K = V = 256 (bf16, B = 8) and
     the output kernel: compiled for sm_90, within shared memory, no spills."""
-    import subprocess
-    import sys
-
-    import triton
-
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not all(os.path.exists(os.path.join(bin_dir, tool)) for tool in ("ptxas", "cuobjdump")):
-        pytest.skip("triton wheel without its bundled ptxas / cuobjdump")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "deltalab.variants.chunk_aot", "--dtype", "bfloat16", "--K", "256", "--V", "256",
-         "--H", "8", "--B", "8", "--T", "2048", "--chunk-size", "64", "--config", '{"output": "separate"}'],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _aot_report("--K", "256", "--V", "256", "--H", "8", "--B", "8", "--T", "2048", "--chunk-size", "64",
+                         "--config", '{"output": "separate"}')
     assert {"output", "state", "state_keep"} <= set(report)
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
