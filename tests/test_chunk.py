@@ -148,7 +148,12 @@ def test_kept_intermediates_match_recomputed_ones(poisoned_empty, chunk_size, dt
     problem = Problem(B=1, T=130, H=2, K=40, V=48, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
     inputs = random_inputs(problem, seed=12, device=DEVICE)
     inputs.cu_seqlens = torch.tensor([0, 50, 50 + chunk_size + 3, 130], dtype=torch.int32, device=DEVICE)
-    config = {"chunk_size": chunk_size, "input_precision": "ieee"}
+    check_kept_against_recomputed(inputs, {"chunk_size": chunk_size, "input_precision": "ieee"}, dtype)
+
+
+def check_kept_against_recomputed(inputs, config: dict, dtype: torch.dtype) -> None:
+    """save_for_backward "intermediates" and "inputs": identical outputs and gradients, within tolerance of
+    the reference."""
     kept = run_op("chunk", inputs, dict(config, save_for_backward="intermediates"))
     recomputed = run_op("chunk", inputs, dict(config, save_for_backward="inputs"))
     assert_close(kept, run_op("reference", inputs.to(torch.float64)), dtype, label="kept intermediates")
@@ -478,12 +483,7 @@ def test_gpu_kept_intermediates_match_recomputed_ones(poisoned_empty, dtype):
     """The forward's kept intermediates (default) and the backward's recompute ("inputs"): the same
     kernels on the same values, so the same bits; both against the reference."""
     problem = Problem(B=2, T=500, H=3, K=128, V=96, dtype=dtype, device="cuda")
-    inputs = random_inputs(problem, seed=14, device="cuda")
-    kept = run_op("chunk", inputs, {"save_for_backward": "intermediates"})
-    recomputed = run_op("chunk", inputs, {"save_for_backward": "inputs"})
-    assert_close(kept, run_op("reference", inputs.to(torch.float64)), dtype, label="kept intermediates")
-    for name in OUTPUTS:
-        assert torch.equal(kept[name], recomputed[name]), name
+    check_kept_against_recomputed(random_inputs(problem, seed=14, device="cuda"), {}, dtype)
 
 
 @pytest.mark.gpu
