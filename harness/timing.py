@@ -5,11 +5,11 @@ On CUDA each call is timed on the GPU with a pair of CUDA events (the loop of
 there), warm-up calls for ``warmup_ms``, then ``rep_ms`` worth of timed calls, the L2 cache flushed
 (a 256 MB buffer zeroed) before each one, outside the timed region; the host's time to issue each call
 is kept too (``extra["host_ms"]``, median): a call whose host time nears its GPU time leaves the GPU
-idle inside the timed region. The first measurement on a device
-in a process first runs its call for ``SPIN_UP_MS`` more: an idle GPU sits at low clocks, and a few
-milliseconds of warm-up did not bring them up (a sweep's first row read 1.4x slow on an H200 in two
-of six processes, reports/h200-2026-11-29-s5/). Small problems can instead be
-captured once in a CUDA graph and replayed, which removes the host's launch overhead from the samples.
+idle inside the timed region. The first measurement on a device in a process first runs its call for
+``SPIN_UP_MS`` more: an idle GPU sits at low clocks, and a few milliseconds of warm-up did not bring
+them up (a sweep's first row read 1.4x slow on an H200 in two of six processes,
+reports/h200-2026-11-29-s5/). Small problems can instead be captured once in a CUDA graph and
+replayed, which removes the host's launch overhead from the samples.
 On CPU (Triton's interpreter, torch on CPU) calls are timed with ``time.perf_counter``, with no
 untimed call when ``warmup_ms`` is 0 (the interpreter compiles nothing and is slow).
 
