@@ -98,16 +98,26 @@ FP32_CASES = [
 ]
 
 
+@pytest.mark.parametrize("inverse", ["workspace", "registers"])
 @pytest.mark.parametrize("chunk_size, B, T, H, K, V", FP32_CASES)
-def test_float32_matches_reference(poisoned_empty, chunk_size, B, T, H, K, V):
+def test_float32_matches_reference(poisoned_empty, chunk_size, B, T, H, K, V, inverse):
     problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.float32, device=DEVICE)
-    check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee"})
+    check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee", "inverse": inverse})
 
 
+@pytest.mark.parametrize("inverse", ["workspace", "registers"])
 @pytest.mark.parametrize("chunk_size, B, T, K, V", [(64, 2, 100, 64, 48), (128, 1, 140, 48, 100)])
-def test_float16_matches_reference(poisoned_empty, chunk_size, B, T, K, V):
+def test_float16_matches_reference(poisoned_empty, chunk_size, B, T, K, V, inverse):
     problem = Problem(B=B, T=T, H=1, K=K, V=V, dtype=torch.float16, device=DEVICE)
-    check_against_reference(problem, {"chunk_size": chunk_size})
+    check_against_reference(problem, {"chunk_size": chunk_size, "inverse": inverse})
+
+
+@pytest.mark.parametrize("chunk_size", [32, 64])
+def test_register_inverse_in_the_wy_backward(poisoned_empty, chunk_size):
+    """The WY backward inverting again (wy_inverse="recompute") with the register inverse, float32."""
+    problem = Problem(B=1, T=2 * chunk_size + 5, H=2, K=48, V=40, dtype=torch.float32, device=DEVICE)
+    check_against_reference(problem, {"chunk_size": chunk_size, "inverse": "registers", "input_precision": "ieee",
+                                      "wy_inverse": "recompute", "save_for_backward": "inputs"}, seed=4)
 
 
 @pytest.mark.parametrize("chunk_size, dtype", [(32, torch.float32), (64, torch.float16)])
@@ -162,15 +172,17 @@ def check_kept_against_recomputed(inputs, config: dict, dtype: torch.dtype) -> N
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
-@pytest.mark.parametrize("chunk_size, dtype", [(32, torch.float32), (64, torch.float16)])
-def test_separate_output_matches_reference(poisoned_empty, chunk_size, dtype, grad):
+@pytest.mark.parametrize("chunk_size, dtype, block_v_output", [(32, torch.float32, 16), (64, torch.float16, 0)])
+def test_separate_output_matches_reference(poisoned_empty, chunk_size, dtype, block_v_output, grad):
     """output="separate": the scan stores every chunk's state and Vn, a parallel kernel reads O out --
-    same answers as the fused scan (packed sequences, initial states, partial chunks), with the
-    intermediates kept for the backward or, for inference, in buffers of its own."""
+    same answers as the fused scan (packed sequences, initial states, partial chunks; three V tiles per
+    chunk with block_v_output=16), with the intermediates kept for the backward or, for inference, in
+    buffers of its own."""
     problem = Problem(B=1, T=130, H=2, K=40, V=48, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
     inputs = random_inputs(problem, seed=16, device=DEVICE)
     inputs.cu_seqlens = torch.tensor([0, 50, 50 + chunk_size + 3, 130], dtype=torch.int32, device=DEVICE)
-    config = {"chunk_size": chunk_size, "input_precision": "ieee", "output": "separate"}
+    config = {"chunk_size": chunk_size, "input_precision": "ieee", "output": "separate",
+              "block_v_output": block_v_output}
     assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).separate_output
     out = run_op("chunk", inputs, config, backward=grad)
     assert_close(out, run_op("reference", inputs.to(torch.float64), backward=grad), dtype, label="separate output")
@@ -184,11 +196,42 @@ def test_separate_output_widens_the_scan_at_wide_key_dims():
     bf16 (the fused scan: 16-wide), when there are programs enough to fill the SMs."""
     problem = Problem(B=8, T=2048, H=8, K=256, V=256, dtype=torch.bfloat16)
     separate = resolve_plan(dict(DEFAULT_CONFIG, output="separate"), problem)
-    fused = resolve_plan(DEFAULT_CONFIG, problem)
+    fused = resolve_plan(dict(DEFAULT_CONFIG, output="fused"), problem)
     assert (separate.state.block_v, fused.state.block_v) == (64, 16)
     assert separate.state.stages >= 2 and constraints(dict(DEFAULT_CONFIG, output="separate"), problem) is None
     # the fused scan cannot take those tiles: refused for shared memory before anything compiles
-    assert "shared memory" in constraints(dict(DEFAULT_CONFIG, block_v=64), problem)
+    assert "shared memory" in constraints(dict(DEFAULT_CONFIG, output="fused", block_v=64), problem)
+
+
+@pytest.mark.parametrize("B, K, dtype, separate", [
+    (8, 256, torch.bfloat16, True),    # 64 programs x 4 tiles of 64
+    (4, 256, torch.bfloat16, True),    # 32 programs x 8 tiles of 32
+    (2, 256, torch.bfloat16, True),    # 16 programs x 8 tiles of 32 = 128 (7/8 of the SMs)
+    (1, 256, torch.bfloat16, False),   # 8 programs: 16-wide either way, the output kernel would be extra
+    (8, 256, torch.float32, False),    # float32 scans run one stage, 16-wide
+    (8, 128, torch.bfloat16, False),   # the fused scan already takes 64-wide tiles
+])
+def test_auto_output_is_separate_where_it_widens_the_scan(B, K, dtype, separate):
+    """output="auto" (default) picks the separate output kernel exactly where the scan gets wider V tiles
+    (measured on an H200: -15 % / -16 % forward kernel time at K = 256, 8 x 2K / 2 x 8K; slower where the
+    tiles stay)."""
+    problem = Problem(B=B, T=16384 // B, H=2048 // K, K=K, V=K, dtype=dtype)
+    plan = resolve_plan(DEFAULT_CONFIG, problem)
+    assert plan.separate_output is separate
+    fused = resolve_plan(dict(DEFAULT_CONFIG, output="fused"), problem)
+    assert (plan.state.block_v > fused.state.block_v) is separate
+    # an explicit tile the fused scan cannot hold also routes "auto" through the separate kernel
+    if K == 256 and dtype == torch.bfloat16:
+        assert resolve_plan(dict(DEFAULT_CONFIG, block_v=32), problem).separate_output
+
+
+def test_output_kernel_tiles_are_checked():
+    problem = Problem(B=1, T=256, H=2, K=256, V=96, dtype=torch.bfloat16)
+    assert "block_v_output=256 exceeds V=96" in constraints(dict(DEFAULT_CONFIG, output="separate", block_v_output=256), problem)
+    # the output kernel's tiles are checked only when it runs
+    too_wide = dict(DEFAULT_CONFIG, output="separate", block_v_output=128, warps_output=1)
+    assert "output kernel needs" in constraints(too_wide, problem)
+    assert constraints(dict(too_wide, output="fused"), problem) is None
 
 
 def _forward_op(inputs, config: str, grad: bool):
@@ -347,6 +390,19 @@ def test_automatic_block_v_splits_v_when_programs_are_few():
     assert 16 * math.ceil(128 / few.state.block_v) >= 64
 
 
+@pytest.mark.parametrize("B, H, K, block_v", [
+    (2, 16, 128, 32),   # 32 x 4 = 128 programs of 132 SMs: one nearly full wave, not two of 16-wide tiles
+    (4, 16, 128, 64),   # 64 x 2 = 128
+    (1, 16, 128, 16),   # 32-wide would leave half the SMs idle
+    (2, 8, 256, 32),    # K = 256 with output="auto": the separate kernel's scan, 16 x 8 = 128
+])
+def test_automatic_block_v_takes_one_nearly_full_wave(B, H, K, block_v):
+    """The automatic scan tile keeps 7/8 of the SMs busy rather than all of them (measured on an H200:
+    wider tiles in one wave beat narrower ones in two; see FILL_FRACTION)."""
+    plan = resolve_plan(DEFAULT_CONFIG, Problem(B=B, T=16384 // B, H=H, K=K, V=K, dtype=torch.bfloat16))
+    assert plan.state.block_v == block_v
+
+
 @pytest.mark.parametrize(
     "config, problem, fragment",
     [
@@ -406,12 +462,13 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     with Triton's bundled ptxas, and require that each fits the H100/H200 shared memory and spills no
     registers (spills are what turn a scan latency-bound). Shapes: D = 128 (the issue's), and D = 256 at
     B = 4, T = 4096 -- where the backward faulted on an H200 and the old automatic warps and WY tiles
-    spilled."""
+    spilled, and where output="auto" picks the separate output kernel (64-wide scan tiles)."""
     report = _aot_report(*shape, "--chunk-size", "64")
     # the default stores Tm in the intra-chunk kernel (and the WY kernel loads it); "state_keep" is the
     # forward scan of a differentiated call (output, states and Vn)
+    separate = {"output"} if "256" in shape else set()
     assert set(report) == {"intra", "intra_store_tm", "state", "state_keep", "state_recompute", "state_bwd", "grads",
-                           "wy"}
+                           "wy"} | separate
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -487,16 +544,34 @@ def test_gpu_kept_intermediates_match_recomputed_ones(poisoned_empty, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, K, B", [(torch.bfloat16, 256, 8), (torch.bfloat16, 128, 2), (torch.float32, 256, 2)])
-def test_gpu_separate_output(poisoned_empty, dtype, K, B):
-    """output="separate" on the GPU, the wide V tiles it allows at K = 256 included (B = 8: 64-wide)."""
+@pytest.mark.parametrize("dtype, K, B, tiles", [
+    (torch.bfloat16, 256, 8, {}), (torch.bfloat16, 256, 4, {}), (torch.bfloat16, 128, 2, {}), (torch.float32, 256, 2, {}),
+    (torch.bfloat16, 256, 8, {"block_v_output": 128, "warps_output": 8}),
+    (torch.bfloat16, 256, 2, {"block_v": 32, "block_v_output": 256, "warps_output": 8}),
+])
+def test_gpu_separate_output(poisoned_empty, dtype, K, B, tiles):
+    """output="separate" on the GPU, the wide V tiles it allows at K = 256 included (B = 8 and 4: 64-wide;
+    32-wide explicitly) and wider output-kernel tiles."""
     problem = Problem(B=B, T=500, H=8, K=K, V=K, dtype=dtype, device="cuda")
     inputs = random_inputs(problem, seed=17, device="cuda")
-    config = {"output": "separate"}
+    config = {"output": "separate", **tiles}
     out = run_op("chunk", inputs, config)
-    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"separate output K={K}")
+    assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"separate output K={K} {tiles}")
     inference = run_op("chunk", inputs, config, backward=False)
     assert torch.equal(inference["o"], out["o"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, chunk_size, K, extra", [
+    (torch.bfloat16, 64, 64, {}), (torch.bfloat16, 64, 128, {"wy_inverse": "recompute"}),
+    (torch.bfloat16, 64, 256, {"warps_intra": 16}), (torch.bfloat16, 32, 128, {}),
+    (torch.float32, 64, 128, {"wy_inverse": "recompute", "save_for_backward": "inputs"}), (torch.float16, 16, 64, {}),
+])
+def test_gpu_register_inverse(poisoned_empty, dtype, chunk_size, K, extra):
+    """inverse="registers" compiled for the GPU (batched 3-D products, joins and reshapes of register
+    tiles), in the forward and in the WY backward's recompute."""
+    problem = Problem(B=2, T=300, H=4, K=K, V=K, dtype=dtype, device="cuda")
+    check_against_reference(problem, {"chunk_size": chunk_size, "inverse": "registers", **extra}, seed=21)
 
 
 @pytest.mark.gpu
@@ -617,13 +692,15 @@ def test_wide_key_dims_run_the_scans_at_two_stages_or_more():
     shared memory at two stages, and the backward runs (no head-dim refusal, CUDA or not). float32,
     where two stages never fit, keeps one stage and 16-wide tiles; K = 128 keeps wider tiles."""
     chunk = registry.get("chunk")
+    fused = dict(DEFAULT_CONFIG, output="fused")  # output="auto" widens the forward scan where it can
     for B, T, H in ((8, 2048, 8), (4, 4096, 8), (1, 16384, 8)):
         for dtype, stages in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 1)):
             wide = Problem(B=B, T=T, H=H, K=256, V=256, dtype=dtype, device="cuda")
-            plan = resolve_plan(DEFAULT_CONFIG, wide)
+            plan = resolve_plan(fused, wide)
             assert plan.state.block_v == plan.state_bwd.block_v == 16, (B, plan)
             assert plan.state.stages == plan.state_bwd.stages == stages, (B, dtype, plan)
-            assert constraints(DEFAULT_CONFIG, wide) is None
+            assert resolve_plan(DEFAULT_CONFIG, wide).state.stages == stages
+            assert constraints(fused, wide) is None and constraints(DEFAULT_CONFIG, wide) is None
             assert chunk.backward_unsupported_reason(wide) is None
     narrow = Problem(B=8, T=2048, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda")
     assert resolve_plan(DEFAULT_CONFIG, narrow).state.block_v > 16  # K = 128 keeps the wider tiles
@@ -634,9 +711,9 @@ def test_wide_key_dims_run_the_scans_at_two_stages_or_more():
         assert constraints(dict(DEFAULT_CONFIG, **{key: 2}), wide) is None
         assert constraints(dict(DEFAULT_CONFIG, **{key: 1}), narrow) is None
         assert constraints(dict(DEFAULT_CONFIG, **{key: 1}), replace(wide, dtype=torch.float32)) is None
-    for key in ("block_v", "block_v_bwd"):
-        reason = constraints(dict(DEFAULT_CONFIG, **{key: 32}), wide)
+    for key in ("block_v", "block_v_bwd"):  # (with output="auto" a wide forward tile takes the separate kernel)
+        reason = constraints(dict(fused, **{key: 32}), wide)
         assert reason is not None and "shared memory" in reason and "stages=2" in reason, reason
         assert "lower tiles or chunk_size" in reason  # not "lower stages": one stage is what faults
-        assert constraints(dict(DEFAULT_CONFIG, **{key: 16}), wide) is None
-        assert constraints(dict(DEFAULT_CONFIG, **{key: 32}), narrow) is None
+        assert constraints(dict(fused, **{key: 16}), wide) is None
+        assert constraints(dict(fused, **{key: 32}), narrow) is None

@@ -82,12 +82,14 @@ def _problem(q: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, varlen: bool
 PROGRAMS_PER_SM = 8
 
 
-def persistent_grid(num_tiles: int, chunk_size: int, device) -> tuple[int, torch.Tensor]:
+def persistent_grid(num_tiles: int, chunk_size: int, device, workspace: bool) -> tuple[int, torch.Tensor]:
     """(programs, workspace) of a persistent per-chunk kernel (intra-chunk, WY backward): at most
-    PROGRAMS_PER_SM programs per SM walk the ``num_tiles`` tiles; each owns a float32 [C, C] workspace."""
+    PROGRAMS_PER_SM programs per SM walk the ``num_tiles`` tiles; each owns a float32 [C, C] workspace
+    (``workspace``: the inverse goes through it; else a placeholder the kernels never read)."""
     sms, _ = device_limits()
     programs = max(1, min(num_tiles, sms * PROGRAMS_PER_SM))
-    return programs, torch.empty(programs, chunk_size, chunk_size, dtype=torch.float32, device=device)
+    shape = (programs, chunk_size, chunk_size) if workspace else (1,)
+    return programs, torch.empty(shape, dtype=torch.float32, device=device)
 
 
 @dataclass(frozen=True)
@@ -144,12 +146,12 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
         aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     if layout.num_chunks:
         launch = plan.intra
-        programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
+        programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device, not plan.register_inverse)
         chunk_intra_fwd_kernel[(programs,)](
             q, k, v, beta, w, u, aqk, tm_out, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
             H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
             IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
-            STORE_TM=tm_out is not None, **launch.options,
+            STORE_TM=tm_out is not None, REGISTER_INVERSE=plan.register_inverse, **launch.options,
         )
     return w, u, aqk
 
@@ -223,7 +225,7 @@ def _output(plan: ChunkPlan, layout: ChunkLayout, q, aqk, states, v_new, o, scal
     B, T, H, K = q.shape
     V = o.shape[-1]
     launch = plan.output
-    chunk_output_kernel[(layout.num_chunks, H, triton.cdiv(V, launch.block_v))](
+    chunk_output_kernel[(layout.num_chunks * triton.cdiv(V, launch.block_v), H)](
         q, aqk, states, v_new, o, layout.chunk_table, T, scale,
         H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
         IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision,
@@ -283,11 +285,12 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     dv = torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     launch = plan.wy
-    programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device)
+    programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device, tm is None and not plan.register_inverse)
     chunk_wy_bwd_kernel[(programs,)](
         k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, tm, scratch, layout.chunk_table, T, layout.num_chunks * H,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
-        PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None, **launch.options,
+        PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None,
+        REGISTER_INVERSE=plan.register_inverse, **launch.options,
     )
     return dq, dk, dv, dbeta, dh0
 

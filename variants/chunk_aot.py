@@ -42,7 +42,8 @@ def _kernels(plan, problem):
     scalars = {"T": "i32", "scale": "fp32", "num_tiles": "i32"}
     pr = plan.precision
     scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
-    intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr)
+    intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr,
+                 REGISTER_INVERSE=plan.register_inverse)
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
@@ -64,7 +65,7 @@ def _kernels(plan, problem):
          dict(common, BLOCK_K=plan.grads.block_k, BLOCK_V=plan.grads.block_v, PRECISION=pr), plan.grads),
         ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial", "scratch")}, {"T": "i32", "num_tiles": "i32"},
          dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr,
-              LOAD_TM=plan.store_tm), plan.wy),
+              LOAD_TM=plan.store_tm, REGISTER_INVERSE=plan.register_inverse), plan.wy),
     ]
 
 

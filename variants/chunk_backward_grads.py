@@ -28,7 +28,8 @@ def chunk_grads_kernel(
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ, partial dK and dW of chunk program_id(0), head program_id(1)."""
-    head, rows, tok, tmask, state_base = chunk_program_tile(chunk_table, T, H, K, V, C, IS_VARLEN)
+    head = tl.program_id(1)
+    rows, tok, tmask, state_base = chunk_program_tile(tl.program_id(0), head, chunk_table, T, H, K, V, C, IS_VARLEN)
 
     # S = scale (dO Vn^T) masked to the lower triangle
     s = tl.zeros([C, C], dtype=tl.float32)

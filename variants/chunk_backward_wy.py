@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_intra import chunk_bounds, chunk_inverse, load_tm
+from .chunk_intra import chunk_bounds, chunk_inverse, chunk_inverse_registers, load_tm
 
 
 @triton.jit
@@ -28,7 +28,7 @@ def chunk_wy_bwd_kernel(
     k, v, beta, dw, du, dk_partial, dk, dv, dbeta, tm_in, scratch, chunk_table, T, num_tiles,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, LOAD_TM: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, LOAD_TM: tl.constexpr, REGISTER_INVERSE: tl.constexpr,
 ):
     """dk, dv, dbeta of tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
@@ -43,6 +43,9 @@ def chunk_wy_bwd_kernel(
             # Tm^T from the copy the intra-chunk recompute stored (rows past the chunk's end read as 0:
             # they only ever meet zero rows of dW, dU, K and V)
             tm_op_t = tl.load(tm_in + (tok * H + head)[None, :] * C + rows[:, None], mask=tmask[None, :], other=0.0)
+        elif REGISTER_INVERSE:
+            tm = chunk_inverse_registers(k, beta, start, end, head, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+            tm_op_t = tl.trans(tm.to(k.dtype.element_ty))
         else:
             chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
             # Tm^T in the input dtype straight from the workspace: no float32 [C, C] tile held

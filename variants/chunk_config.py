@@ -19,12 +19,20 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     regs_intra, regs_wy registers per thread the persistent intra-chunk / WY kernels may use (0: the
                         compiler's choice, ~120 at C = 64 with 8 warps: two programs per SM). Both are
                         latency-bound chains of barriers and workspace round trips; 64 fits four programs
-                        per SM at the cost of spills (264 bytes at D = 128, sm_90). Not yet timed
+                        per SM at the cost of spills (264 bytes at D = 128, sm_90). Measured slower on an
+                        H200 (bf16 T = 16K fwd+bwd, D = 64: intra-chunk 370 -> 476 us and WY 379 -> 661 us at
+                        80; worse at 64; reports/h200-2026-11-29-s6/): kept for experiments, not tuned
     wy_inverse          where the WY backward gets Tm: "stored" (default: the backward's intra-chunk
                         recompute also writes Tm in the input dtype -- the size of Aqk -- and the WY kernel
                         reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
                         reports/h200-2026-11-29-s4/) or "recompute" (the WY kernel inverts again: no
                         extra buffer)
+    inverse             how the intra-chunk kernels build Tm: "workspace" (default: through the per-program
+                        float32 workspace, see chunk_intra.py) or "registers" (batched 16 x 16 products and
+                        forward substitution, then pairwise merges, all in registers: ~245 registers a
+                        thread, one program per SM; measured 2-3.5x slower on an H200, forward intra-chunk
+                        kernel at T = 16K: D = 64 365 -> 1312 us, D = 128 258 -> 886, D = 256 309 -> 596;
+                        reports/h200-2026-11-29-s6/). Kept as a second, independently written inverse
     save_for_backward   what a differentiated call keeps for its backward: "intermediates" (default: W, U,
                         Aqk, Tm, the chunks' entering states and Vn, stored by the forward's kernels; the
                         backward skips its intra-chunk kernel and first scan) or "inputs" (q, k, v, beta
@@ -32,12 +40,21 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         runs). "intermediates" holds 3 D + 2 C + D^2 / C more elements per token and head
                         between forward and backward at K = V = D: 6x the size of v at C = 64, D = 128.
                         Inference calls keep nothing either way
-    output              where the forward's output O = scale Q h_c + Aqk Vn is computed: "fused" (default: in
-                        the sequential scan) or "separate" (the scan stores every chunk's entering state
-                        and Vn, and a parallel kernel, chunk_output.py, computes O): the scan then holds no
-                        Q or Aqk tiles, so at key dims above 128 wider V tiles fit two pipeline stages (each
-                        V tile re-reads the chunk's key-side tiles); costs the states' memory in inference
-                        too. Not yet timed on a GPU (reports/h200-2026-11-29-s5/)
+    output              where the forward's output O = scale Q h_c + Aqk Vn is computed: "fused" (in the
+                        sequential scan), "separate" (the scan stores every chunk's entering state and Vn, and a
+                        parallel kernel, chunk_output.py, computes O: the scan then holds no Q or Aqk tiles, so
+                        at key dims above 128 wider V tiles fit two pipeline stages -- each V tile re-reads the
+                        chunk's key-side tiles -- at the cost of the states' memory in inference too) or "auto"
+                        (default): "separate" where that widens the scan's V tiles (16-bit, K > 128, enough
+                        sequences x heads to fill the SMs with the wider tiles), else "fused". Measured on an
+                        H200, bf16 forward kernel time (reports/h200-2026-11-29-s6/): K = 256, B x T = 8 x 2K,
+                        H = 8: fused 905 us, separate 769 (output kernel 185 us; 132 since a chunk's V tiles
+                        are neighbouring programs); 2 x 8K: 907 / 762 (32-wide); 1 x 16K: 923 / 1030
+                        (16-wide either way); K = 128: fused faster (432 / 508 us at 8 x 2K)
+    block_v_output, warps_output, stages_output
+                        the separate output kernel's V tile (up to 256: one program per chunk and head at
+                        V = 256), warps and stages (0: 64-wide, the fewest warps whose registers fit, two
+                        stages where they fit)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -86,13 +103,17 @@ SPACE: dict[str, tuple] = {
     "stages_wy": _STAGES,
     "regs_wy": _REGS,
     "wy_inverse": ("recompute", "stored"),
+    "inverse": ("registers", "workspace"),
     "save_for_backward": ("intermediates", "inputs"),
-    "output": ("fused", "separate"),
+    "output": ("auto", "fused", "separate"),
+    "block_v_output": _TILES + (256,),
+    "warps_output": _WARPS,
+    "stages_output": _STAGES,
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", save_for_backward="intermediates",
-                      output="fused")
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="workspace",
+                      save_for_backward="intermediates", output="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -142,6 +163,7 @@ class ChunkPlan:
     precision: str
     key_tile: int  # padded K: the scans hold the whole key dimension of the state
     store_tm: bool  # backward: the intra-chunk recompute stores Tm for the WY kernel (wy_inverse="stored")
+    register_inverse: bool  # inverse="registers": Tm without the per-program workspace
     separate_output: bool  # output="separate": the forward scan stores states, chunk_output.py reads out
     intra: Launch
     state: Launch
@@ -198,6 +220,14 @@ def _state_bwd_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int
     return smem, regs
 
 
+def _output_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """Separate output kernel: Q and state tiles per key step, then the Aqk and Vn tiles; O in registers."""
+    loop = [isz * C * bk, isz * bk * bv]
+    smem = _pipelined(stages, loop) + isz * (C * C + C * bv)
+    regs = (C * bv + (C * C + C * bv) * isz / 4) / (32 * warps)
+    return smem, regs
+
+
 def _grads_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
     loop = [isz * C * bv] * 3 + [isz * bk * bv] * 2
     smem = _pipelined(stages, loop) + isz * (C * C + 2 * C * bk)
@@ -241,17 +271,26 @@ def scan_min_stages(key_tile: int, itemsize: int) -> int:
     return WIDE_KEY_MIN_STAGES if key_tile > WIDE_KEY_TILE and itemsize < 4 else 1
 
 
+# The automatic scan tile: the widest whose programs keep at least this share of the SMs busy. Each V tile
+# re-reads the chunk's key-side tiles, so one nearly full wave of wide tiles beats two waves of narrow
+# ones: on an H200 (bf16 forward scan; reports/h200-2026-11-29-s6/) 128 programs of 32-wide tiles took
+# 272 us where 256 of 16-wide took 470 (D = 128, 2 x 8K), 64-wide 170 against 32-wide 272 (4 x 4K), and
+# at K = 256 (2 x 8K, separate output) 32-wide 319 against 16-wide 598; half the SMs (64 programs) lost:
+# 503 us against 480 (D = 128, 1 x 16K).
+FILL_FRACTION = 7 / 8
+
+
 def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits, wide_keys_widen: bool = False) -> int:
-    """The widest V tile (<= 64) that still gives every SM a scan program and fits (``fits(block)``:
-    shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above WIDE_KEY_TILE
-    unless ``wide_keys_widen`` (16-bit scans without the output: wider tiles fit two stages there; with
-    the output they fit one stage only -- a fault in 16-bit -- and float32 runs one stage, unchecked on a
-    GPU beyond 16-wide tiles)."""
+    """The widest V tile (<= 64) whose programs still keep FILL_FRACTION of the SMs busy and fits
+    (``fits(block)``: shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above
+    WIDE_KEY_TILE unless ``wide_keys_widen`` (16-bit scans without the output: wider tiles fit two stages
+    there; with the output they fit one stage only -- a fault in 16-bit -- and float32 runs one stage,
+    unchecked on a GPU beyond 16-wide tiles)."""
     if key_tile > WIDE_KEY_TILE and not wide_keys_widen:
         return min(16, value_tile)
     sms, _ = device_limits()
     for block in (64, 32):
-        if block <= value_tile and num_programs_per_tile * -(-value_tile // block) >= sms and fits(block):
+        if block <= value_tile and num_programs_per_tile * -(-value_tile // block) >= FILL_FRACTION * sms and fits(block):
             return block
     return min(16, value_tile)
 
@@ -296,7 +335,11 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         return config[key] or _auto_block_v(
             programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit, wide_keys_widen)
 
-    separate = config["output"] == "separate"
+    # output="auto": separate where the scan without the output gets wider V tiles than the 16 the fused scan
+    # is held to at wide 16-bit key tiles
+    separate = config["output"] == "separate" or (
+        config["output"] == "auto" and BK > WIDE_KEY_TILE and isz < 4
+        and scan_block_v("block_v", _state_no_output_needs, True) > 16)
     state_needs = _state_no_output_needs if separate else _state_needs
     state = launch(state_needs, BK, scan_block_v("block_v", state_needs, separate and isz < 4), "warps_state",
                    "stages_state", min_stages=scan_stages)
@@ -313,9 +356,11 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
     wy = replace(launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4),
                  max_regs=config["regs_wy"])
-    # the separate output kernel: parallel and memory-bound, not tuned; 64-wide tiles, two stages
-    output = Launch(min(BK, 64), min(BV, 64), 4, 2)
-    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", separate, intra, state,
+    # the separate output kernel: parallel and memory-bound; 64-wide key steps
+    output = launch(_output_needs, min(BK, 64), config["block_v_output"] or min(BV, 64), "warps_output",
+                    "stages_output", fewest=4)
+    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored",
+                     config["inverse"] == "registers", separate, intra, state,
                      state_bwd, grads, wy, output)
 
 
@@ -328,6 +373,7 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         ("block_wy", max(BK, BV), f"max(K, V) padded to {max(BK, BV)}"),
         ("block_v", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_bwd", BV, f"V={problem.V} padded to {BV}"),
+        ("block_v_output", BV, f"V={problem.V} padded to {BV}"),
         ("block_k_grads", BK, f"K={problem.K} padded to {BK}"),
         ("block_v_grads", BV, f"V={problem.V} padded to {BV}"),
     ):
@@ -349,7 +395,9 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
          _state_bwd_needs(C, BK, plan.state_bwd.block_v, isz, plan.state_bwd.stages, plan.state_bwd.warps)),
         ("gradient kernel", "grads", _grads_needs(C, plan.grads.block_k, plan.grads.block_v, isz, plan.grads.stages, plan.grads.warps)),
         ("WY backward", "wy", _wy_needs(C, plan.wy.block_k, plan.wy.block_v, isz, plan.wy.stages, plan.wy.warps)),
-    )
+    ) + ((("output kernel", "output", _output_needs(C, plan.output.block_k, plan.output.block_v, isz,
+                                                    plan.output.stages, plan.output.warps)),)
+         if plan.separate_output else ())
     for name, suffix, (smem, regs) in checks:
         launch = getattr(plan, suffix)
         if smem > smem_limit:

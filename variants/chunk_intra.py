@@ -52,19 +52,16 @@ def chunk_bounds(pid_chunk, chunk_table, T, C: tl.constexpr, IS_VARLEN: tl.const
 
 
 @triton.jit
-def chunk_program_tile(chunk_table, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                       IS_VARLEN: tl.constexpr):
-    """What a per-(chunk, head) program (program_id(0) = chunk, program_id(1) = head; the gradient and
-    output kernels) works on: its head, the chunk's rows, token indices and their mask, and the offset of
-    the chunk's [K, V] state in a [num_chunks, H, K, V] tensor."""
-    pid_chunk = tl.program_id(0)
-    head = tl.program_id(1)
+def chunk_program_tile(pid_chunk, head, chunk_table, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       C: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """What a per-(chunk, head) program (the gradient and output kernels) works on: the chunk's rows, token
+    indices and their mask, and the offset of the chunk's [K, V] state in a [num_chunks, H, K, V] tensor."""
     start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
     rows = tl.arange(0, C)
     tok = start + rows
     tmask = tok < end
     state_base = (pid_chunk.to(tl.int64) * H + head) * K * V
-    return head, rows, tok, tmask, state_base
+    return rows, tok, tmask, state_base
 
 
 @triton.jit
@@ -122,6 +119,74 @@ def chunk_inverse(k, beta, start, end, head, scratch,
 
 
 @triton.jit
+def _gram_blocks(k, beta, start, end, head, rows_b, rows_a, H: tl.constexpr, K: tl.constexpr, NP: tl.constexpr,
+                 P: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """[NP, P, P] float32: diag(b_B) K_B K_A^T for NP pairs of P-row blocks of the chunk, block n's rows
+    starting at chunk rows rows_b[n] (B) and rows_a[n] (A). Rows past the chunk's end read as zero."""
+    i = tl.arange(0, P)
+    tok_b = start + rows_b[:, None] + i[None, :]  # [NP, P]
+    tok_a = start + rows_a[:, None] + i[None, :]
+    mask_b = tok_b < end
+    mask_a = tok_a < end
+    gram = tl.zeros([NP, P, P], dtype=tl.float32)
+    for d0 in range(0, K, BLOCK_K):
+        dd = d0 + tl.arange(0, BLOCK_K)
+        dmask = dd < K
+        k_b = tl.load(k + (tok_b * H + head)[:, :, None] * K + dd[None, None, :],
+                      mask=mask_b[:, :, None] & dmask[None, None, :], other=0.0)  # [NP, P, BLOCK_K]
+        k_a_t = tl.load(k + (tok_a * H + head)[:, None, :] * K + dd[None, :, None],
+                        mask=mask_a[:, None, :] & dmask[None, :, None], other=0.0)  # [NP, BLOCK_K, P]
+        gram = tl.dot(k_b, k_a_t, gram, input_precision=PRECISION)
+    b = tl.load(beta + tok_b * H + head, mask=mask_b, other=0.0).to(tl.float32)
+    return gram * b[:, :, None]
+
+
+@triton.jit
+def _merge_pairs(tm, k, beta, start, end, head, H: tl.constexpr, K: tl.constexpr, NP: tl.constexpr,
+                 P: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr):
+    """[NP, P, P] inverses of consecutive P-row diagonal blocks -> [NP / 2, 2P, 2P]: each pair (T_A, T_B)
+    becomes [[T_A, 0], [-T_B A_BA T_A, T_B]] with A_BA = diag(b_B) K_B K_A^T (all of it below the diagonal)."""
+    NPAIRS: tl.constexpr = NP // 2
+    t_a, t_b = tl.split(tl.permute(tl.reshape(tm, [NPAIRS, 2, P, P]), [0, 2, 3, 1]))
+    rows_a = tl.arange(0, NPAIRS) * (2 * P)
+    a_ba = _gram_blocks(k, beta, start, end, head, rows_a + P, rows_a, H, K, NPAIRS, P, BLOCK_K, PRECISION)
+    lower = -tl.dot(t_b, tl.dot(a_ba, t_a, input_precision=INV_PRECISION), input_precision=INV_PRECISION)
+    # [n, row, half, col] -> [n, row, half * P + col], then the two row halves the same way
+    top = tl.reshape(tl.permute(tl.join(t_a, tl.zeros_like(t_a)), [0, 1, 3, 2]), [NPAIRS, P, 2 * P])
+    bottom = tl.reshape(tl.permute(tl.join(lower, t_b), [0, 1, 3, 2]), [NPAIRS, P, 2 * P])
+    return tl.reshape(tl.permute(tl.join(top, bottom), [0, 3, 1, 2]), [NPAIRS, 2 * P, 2 * P])
+
+
+@triton.jit
+def chunk_inverse_registers(k, beta, start, end, head, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+                            BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr):
+    """Tm = (I + strict_lower(diag(b) K K^T))^{-1} of one chunk, [C, C] float32, without a workspace: the
+    16 x 16 diagonal blocks of A as one batched product and their inverses by forward substitution (all
+    blocks at once, 15 steps), then pairs of neighbouring inverses merged (16 -> 32 -> ... -> C), each
+    merge's off-diagonal block of A a batched product of its own. Every tile stays in registers (layout
+    changes go through shared memory) -- no global round trips in the chain."""
+    NB: tl.constexpr = C // 16
+    r = tl.arange(0, 16)
+    firsts = tl.arange(0, NB) * 16
+    a = _gram_blocks(k, beta, start, end, head, firsts, firsts, H, K, NB, 16, BLOCK_K, PRECISION)
+    row = r[None, :, None]
+    a = tl.where(row > r[None, None, :], a, 0.0)
+    # Row s of T_nn is e_s - sum_{j<s} A_nn[s, j] T_nn[j, :]; rows j >= s still hold e_j but meet A_nn[s, j] = 0
+    tm = tl.zeros([NB, 16, 16], dtype=tl.float32) + tl.where(row == r[None, None, :], 1.0, 0.0)
+    for s in tl.static_range(1, 16):
+        a_row = tl.sum(tl.where(row == s, a, 0.0), axis=1)  # [NB, 16]: A_nn[s, :]
+        update = tl.sum(a_row[:, :, None] * tm, axis=1)  # [NB, 16]: sum_j A_nn[s, j] T_nn[j, :]
+        tm = tl.where(row == s, tm - update[:, None, :], tm)
+    if NB >= 2:
+        tm = _merge_pairs(tm, k, beta, start, end, head, H, K, NB, 16, BLOCK_K, PRECISION, INV_PRECISION)
+    if NB >= 4:
+        tm = _merge_pairs(tm, k, beta, start, end, head, H, K, NB // 2, 32, BLOCK_K, PRECISION, INV_PRECISION)
+    if NB >= 8:
+        tm = _merge_pairs(tm, k, beta, start, end, head, H, K, NB // 4, 64, BLOCK_K, PRECISION, INV_PRECISION)
+    return tl.reshape(tm, [C, C])
+
+
+@triton.jit
 def _row_block(scratch, first_row, P: tl.constexpr, C: tl.constexpr, INV_PRECISION: tl.constexpr):
     """Row block i of Tm (rows first_row = 16 i ...): -T_ii (A[i, :i] Tm[:i, :i]), over the P =
     next_pow2(16 i) leading columns only (beyond them Tm[:i, :i] is zero), into the workspace."""
@@ -153,10 +218,11 @@ def chunk_intra_fwd_kernel(
     q, k, v, beta, w, u, aqk, tm_out, scratch, chunk_table, T, scale, num_tiles,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, STORE_TM: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, STORE_TM: tl.constexpr, REGISTER_INVERSE: tl.constexpr,
 ):
     """Aqk, then W and U (and with STORE_TM Tm in the input dtype, laid out like Aqk), of tiles
-    program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
+    program_id(0), + num_programs(0), ... (tile = chunk * H + head). REGISTER_INVERSE: Tm from
+    ``chunk_inverse_registers`` (``scratch`` unused), else from ``chunk_inverse`` through the workspace."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
     rows = tl.arange(0, C)
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
@@ -176,8 +242,11 @@ def chunk_intra_fwd_kernel(
         qk = tl.where(rows[:, None] >= rows[None, :], qk * scale, 0.0)
         tl.store(aqk + (tok * H + head)[:, None] * C + rows[None, :], qk.to(aqk.dtype.element_ty), mask=row_mask[:, None])
 
-        chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
-        tm = load_tm(scratch, C, False)
+        if REGISTER_INVERSE:
+            tm = chunk_inverse_registers(k, beta, start, end, head, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+        else:
+            chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+            tm = load_tm(scratch, C, False)
         b = tl.load(beta + tok * H + head, mask=row_mask, other=0.0).to(tl.float32)
         tm_op = tm.to(k.dtype.element_ty)
         if STORE_TM:

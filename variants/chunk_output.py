@@ -1,6 +1,6 @@
 """Stage 3 of variant "chunk" with output="separate": the output of every chunk, all chunks in parallel.
 
-One program per (chunk, head, V tile), from what the scan stored (chunk_state.py with STORE_STATES):
+One program per (chunk, V tile, head), from what the scan stored (chunk_state.py with STORE_STATES):
 
     O = scale Q h_c + Aqk Vn          [C, BLOCK_V]    h_c: the state entering the chunk [K, V] (input dtype)
 
@@ -9,6 +9,9 @@ summed in BLOCK_K steps) taken off the sequential scan: the scan then holds only
 step, which at key dims above 128 leaves room for wider V tiles at two pipeline stages (each V tile
 re-reads the chunk's [C, K] key-side tiles). The cost is storing every h_c ([num_chunks, H, K, V]) in the
 forward, which a differentiated call keeps for its backward anyway.
+
+A chunk's V tiles are neighbouring programs (program_id(0) = chunk * NUM_V_TILES + V tile), so the Q and
+Aqk tiles they all read come from L2 once the first has loaded them.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ def chunk_output_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """O of chunk program_id(0), head program_id(1), V tile program_id(2)."""
-    head, rows, tok, tmask, state_base = chunk_program_tile(chunk_table, T, H, K, V, C, IS_VARLEN)
-    ee = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
+    """O [C, BLOCK_V] of one chunk, V tile (both from program_id(0)) and head (program_id(1))."""
+    NUM_V_TILES: tl.constexpr = (V + BLOCK_V - 1) // BLOCK_V
+    head = tl.program_id(1)
+    rows, tok, tmask, state_base = chunk_program_tile(tl.program_id(0) // NUM_V_TILES, head, chunk_table, T, H, K, V,
+                                                      C, IS_VARLEN)
+    ee = (tl.program_id(0) % NUM_V_TILES) * BLOCK_V + tl.arange(0, BLOCK_V)
     emask = ee < V
 
     acc = tl.zeros([C, BLOCK_V], dtype=tl.float32)
