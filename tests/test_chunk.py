@@ -98,18 +98,36 @@ FP32_CASES = [
 ]
 
 
-@pytest.mark.parametrize("inverse", ["workspace", "registers"])
+@pytest.mark.parametrize("inverse", ["workspace", "kernel", "registers"])
 @pytest.mark.parametrize("chunk_size, B, T, H, K, V", FP32_CASES)
 def test_float32_matches_reference(poisoned_empty, chunk_size, B, T, H, K, V, inverse):
     problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.float32, device=DEVICE)
     check_against_reference(problem, {"chunk_size": chunk_size, "input_precision": "ieee", "inverse": inverse})
 
 
-@pytest.mark.parametrize("inverse", ["workspace", "registers"])
+@pytest.mark.parametrize("inverse", ["workspace", "kernel", "registers"])
 @pytest.mark.parametrize("chunk_size, B, T, K, V", [(64, 2, 100, 64, 48), (128, 1, 140, 48, 100)])
 def test_float16_matches_reference(poisoned_empty, chunk_size, B, T, K, V, inverse):
     problem = Problem(B=B, T=T, H=1, K=K, V=V, dtype=torch.float16, device=DEVICE)
     check_against_reference(problem, {"chunk_size": chunk_size, "inverse": inverse})
+
+
+@pytest.mark.parametrize("save", ["intermediates", "inputs"])
+@pytest.mark.parametrize("wy_inverse", ["stored", "recompute"])
+def test_inverse_kernel_gives_the_workspace_inverse(poisoned_empty, save, wy_inverse):
+    """inverse="kernel" runs the same inverse in a kernel of its own and the intra-chunk kernel reads Tm
+    back: float32 answers match the in-kernel inverse (packed sequences, partial chunks), with Tm kept
+    for the backward, recomputed by it, or inverted again in the WY kernel."""
+    problem = Problem(B=1, T=150, H=2, K=40, V=48, dtype=torch.float32, num_seqs=3, varlen=True, device=DEVICE)
+    inputs = random_inputs(problem, seed=23, device=DEVICE)
+    inputs.cu_seqlens = torch.tensor([0, 37, 100, 150], dtype=torch.int32, device=DEVICE)
+    config = {"chunk_size": 32, "input_precision": "ieee", "save_for_backward": save, "wy_inverse": wy_inverse}
+    ref = run_op("reference", inputs.to(torch.float64))
+    kernel = run_op("chunk", inputs, dict(config, inverse="kernel"))
+    assert_close(kernel, ref, torch.float32, label="inverse kernel")
+    workspace = run_op("chunk", inputs, dict(config, inverse="workspace"))
+    for name in workspace:
+        assert rel_error(kernel[name], workspace[name]) <= 1e-6, name
 
 
 @pytest.mark.parametrize("chunk_size", [32, 64])
@@ -567,11 +585,12 @@ def test_gpu_separate_output(poisoned_empty, dtype, K, B, tiles):
     (torch.bfloat16, 64, 256, {"warps_intra": 16}), (torch.bfloat16, 32, 128, {}),
     (torch.float32, 64, 128, {"wy_inverse": "recompute", "save_for_backward": "inputs"}), (torch.float16, 16, 64, {}),
 ])
-def test_gpu_register_inverse(poisoned_empty, dtype, chunk_size, K, extra):
-    """inverse="registers" compiled for the GPU (batched 3-D products, joins and reshapes of register
-    tiles), in the forward and in the WY backward's recompute."""
+@pytest.mark.parametrize("inverse", ["registers", "kernel"])
+def test_gpu_inverse_options(poisoned_empty, dtype, chunk_size, K, extra, inverse):
+    """inverse="registers" (batched 3-D products, joins and reshapes of register tiles) and "kernel" (the
+    inverse in a kernel of its own) compiled for the GPU, in the forward and in the backward."""
     problem = Problem(B=2, T=300, H=4, K=K, V=K, dtype=dtype, device="cuda")
-    check_against_reference(problem, {"chunk_size": chunk_size, "inverse": "registers", **extra}, seed=21)
+    check_against_reference(problem, {"chunk_size": chunk_size, "inverse": inverse, **extra}, seed=21)
 
 
 @pytest.mark.gpu

@@ -36,7 +36,7 @@ from .chunk_backward_grads import chunk_grads_kernel
 from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
 from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
-from .chunk_intra import chunk_intra_fwd_kernel
+from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
 from .chunk_output import chunk_output_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
@@ -145,13 +145,26 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
         u = torch.empty_like(v)
         aqk = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     if layout.num_chunks:
+        num_tiles = layout.num_chunks * H
+        is_varlen = layout.chunk_table is not None
+        inverse, tm = plan.inverse, tm_out
+        if inverse == "kernel":  # Tm first, by a kernel of its own; the intra-chunk kernel reads it
+            if tm is None:
+                tm = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
+            programs, scratch = persistent_grid(num_tiles, C, k.device, True)
+            chunk_inverse_kernel[(programs,)](
+                k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
+                BLOCK_K=plan.inverse_kernel.block_k, IS_VARLEN=is_varlen, PRECISION=plan.precision,
+                INV_PRECISION=plan.precision, **plan.inverse_kernel.options,
+            )
+            inverse = "load"
         launch = plan.intra
-        programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device, not plan.register_inverse)
+        programs, scratch = persistent_grid(num_tiles, C, k.device, inverse == "workspace")
         chunk_intra_fwd_kernel[(programs,)](
-            q, k, v, beta, w, u, aqk, tm_out, scratch, layout.chunk_table, T, scale, layout.num_chunks * H,
+            q, k, v, beta, w, u, aqk, tm, scratch, layout.chunk_table, T, scale, num_tiles,
             H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
-            IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, INV_PRECISION=plan.precision,
-            STORE_TM=tm_out is not None, REGISTER_INVERSE=plan.register_inverse, **launch.options,
+            IS_VARLEN=is_varlen, PRECISION=plan.precision, INV_PRECISION=plan.precision,
+            STORE_TM=tm is not None and inverse != "load", INVERSE=inverse, **launch.options,
         )
     return w, u, aqk
 
@@ -285,12 +298,13 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     dv = torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     launch = plan.wy
-    programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device, tm is None and not plan.register_inverse)
+    register_inverse = plan.inverse == "registers"
+    programs, scratch = persistent_grid(layout.num_chunks * H, C, k.device, tm is None and not register_inverse)
     chunk_wy_bwd_kernel[(programs,)](
         k, v, beta, dw, dv_new, dk_partial, dk, dv, dbeta, tm, scratch, layout.chunk_table, T, layout.num_chunks * H,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
         PRECISION=plan.precision, INV_PRECISION=plan.precision, LOAD_TM=tm is not None,
-        REGISTER_INVERSE=plan.register_inverse, **launch.options,
+        REGISTER_INVERSE=register_inverse, **launch.options,
     )
     return dq, dk, dv, dbeta, dh0
 

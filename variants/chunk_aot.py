@@ -32,7 +32,7 @@ def _kernels(plan, problem):
     from .chunk_backward_grads import chunk_grads_kernel
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
-    from .chunk_intra import chunk_intra_fwd_kernel
+    from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
@@ -42,15 +42,20 @@ def _kernels(plan, problem):
     scalars = {"T": "i32", "scale": "fp32", "num_tiles": "i32"}
     pr = plan.precision
     scan = dict(common, BLOCK_K=plan.key_tile, PRECISION=pr)
+    # inverse="kernel": the intra-chunk kernel reads Tm the inverse kernel wrote
+    from_kernel = plan.inverse == "kernel"
     intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr,
-                 REGISTER_INVERSE=plan.register_inverse)
+                 INVERSE="load" if from_kernel else plan.inverse)
+    inverse = [("inverse", chunk_inverse_kernel, {**ints, **f32("scratch")}, {"T": "i32", "num_tiles": "i32"},
+                dict(common, BLOCK_K=plan.inverse_kernel.block_k, PRECISION=pr, INV_PRECISION=pr), plan.inverse_kernel)
+               ] if from_kernel else []
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
                 ] if plan.separate_output else []
-    stored = separate + [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
-               dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm else []
-    return stored + [
+    stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
+               dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm and not from_kernel else []
+    return separate + inverse + stored + [
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=fused, STORE_STATES=not fused),
@@ -65,7 +70,7 @@ def _kernels(plan, problem):
          dict(common, BLOCK_K=plan.grads.block_k, BLOCK_V=plan.grads.block_v, PRECISION=pr), plan.grads),
         ("wy", chunk_wy_bwd_kernel, {**ints, **f32("dk_partial", "scratch")}, {"T": "i32", "num_tiles": "i32"},
          dict(common, BLOCK_K=plan.wy.block_k, BLOCK_V=plan.wy.block_v, PRECISION=pr, INV_PRECISION=pr,
-              LOAD_TM=plan.store_tm, REGISTER_INVERSE=plan.register_inverse), plan.wy),
+              LOAD_TM=plan.store_tm, REGISTER_INVERSE=plan.inverse == "registers"), plan.wy),
     ]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_intra import chunk_bounds, chunk_inverse, chunk_inverse_registers, load_tm
+from .chunk_intra import chunk_inverse, chunk_inverse_registers, load_tm, persistent_tile
 
 
 @triton.jit
@@ -33,12 +33,8 @@ def chunk_wy_bwd_kernel(
     """dk, dv, dbeta of tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head)."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        pid_chunk = tile // H
-        head = tile % H
-        start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
+        head, start, end, tok, tmask = persistent_tile(tile, chunk_table, T, H, C, IS_VARLEN)
         rows = tl.arange(0, C)
-        tok = start + rows
-        tmask = tok < end
         if LOAD_TM:
             # Tm^T from the copy the intra-chunk recompute stored (rows past the chunk's end read as 0:
             # they only ever meet zero rows of dW, dU, K and V)

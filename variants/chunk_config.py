@@ -27,12 +27,18 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
                         reports/h200-2026-11-29-s4/) or "recompute" (the WY kernel inverts again: no
                         extra buffer)
-    inverse             how the intra-chunk kernels build Tm: "workspace" (default: through the per-program
-                        float32 workspace, see chunk_intra.py) or "registers" (batched 16 x 16 products and
-                        forward substitution, then pairwise merges, all in registers: ~245 registers a
-                        thread, one program per SM; measured 2-3.5x slower on an H200, forward intra-chunk
-                        kernel at T = 16K: D = 64 365 -> 1312 us, D = 128 258 -> 886, D = 256 309 -> 596;
-                        reports/h200-2026-11-29-s6/). Kept as a second, independently written inverse
+    inverse             how the intra-chunk kernels get Tm: "workspace" (default: built inside the kernel
+                        through its per-program float32 workspace, see chunk_intra.py), "kernel" (the same
+                        inverse in a kernel of its own, chunk_inverse_kernel, at 4 warps: more of its
+                        latency-bound chains per SM than the intra-chunk kernel's two; Tm goes through
+                        global memory in the input dtype, the copy the backward keeps anyway; not yet
+                        timed) or "registers" (batched 16 x 16 products and forward substitution, then
+                        pairwise merges, all in registers: ~245 registers a thread, one program per SM;
+                        measured 2-3.5x slower on an H200, forward intra-chunk kernel at T = 16K: D = 64
+                        365 -> 1312 us, D = 128 258 -> 886, D = 256 309 -> 596; reports/h200-2026-11-29-s6/;
+                        kept as a second, independently written inverse). The WY backward's recompute
+                        (wy_inverse="recompute") builds Tm its own way for "workspace" and "kernel" alike
+    warps_inverse       warps of the inverse kernel (inverse="kernel"; 0: 4 where its registers fit)
     save_for_backward   what a differentiated call keeps for its backward: "intermediates" (default: W, U,
                         Aqk, Tm, the chunks' entering states and Vn, stored by the forward's kernels; the
                         backward skips its intra-chunk kernel and first scan) or "inputs" (q, k, v, beta
@@ -103,7 +109,8 @@ SPACE: dict[str, tuple] = {
     "stages_wy": _STAGES,
     "regs_wy": _REGS,
     "wy_inverse": ("recompute", "stored"),
-    "inverse": ("registers", "workspace"),
+    "inverse": ("workspace", "kernel", "registers"),
+    "warps_inverse": _WARPS,
     "save_for_backward": ("intermediates", "inputs"),
     "output": ("auto", "fused", "separate"),
     "block_v_output": _TILES + (256,),
@@ -163,7 +170,7 @@ class ChunkPlan:
     precision: str
     key_tile: int  # padded K: the scans hold the whole key dimension of the state
     store_tm: bool  # backward: the intra-chunk recompute stores Tm for the WY kernel (wy_inverse="stored")
-    register_inverse: bool  # inverse="registers": Tm without the per-program workspace
+    inverse: str  # where the intra-chunk kernels get Tm: "workspace", "kernel" (chunk_inverse_kernel) or "registers"
     separate_output: bool  # output="separate": the forward scan stores states, chunk_output.py reads out
     intra: Launch
     state: Launch
@@ -171,6 +178,7 @@ class ChunkPlan:
     grads: Launch
     wy: Launch
     output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
+    inverse_kernel: Launch  # inverse="kernel": the inverse kernel's key tile (block_k), warps, stages
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -217,6 +225,13 @@ def _state_bwd_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int
     convert = isz * (BK * bv + C * bv) if isz < 4 else isz * C * bv
     smem = _pipelined(stages, loop) + convert
     regs = (BK * bv + C * bv + C * BK * isz / 4) / (32 * warps)
+    return smem, regs
+
+
+def _inverse_needs(C: int, bk: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """Inverse kernel: the K tiles of K K^T per key step; A and the growing Tm blocks in registers."""
+    smem = _pipelined(stages, [isz * C * bk]) + 4 * C * C
+    regs = 2 * C * C / (32 * warps)
     return smem, regs
 
 
@@ -359,9 +374,12 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # the separate output kernel: parallel and memory-bound; 64-wide key steps
     output = launch(_output_needs, min(BK, 64), config["block_v_output"] or min(BV, 64), "warps_output",
                     "stages_output", fewest=4)
-    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored",
-                     config["inverse"] == "registers", separate, intra, state,
-                     state_bwd, grads, wy, output)
+    # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
+    inverse_block = min(BK, 64)
+    inverse_warps = config["warps_inverse"] or _auto_warps(_inverse_needs, C, inverse_block, 16, isz, 4)
+    inverse = Launch(inverse_block, 16, inverse_warps, _auto_stages(_inverse_needs, C, inverse_block, 16, isz, inverse_warps))
+    return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
+                     separate, intra, state, state_bwd, grads, wy, output, inverse)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -397,7 +415,10 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         ("WY backward", "wy", _wy_needs(C, plan.wy.block_k, plan.wy.block_v, isz, plan.wy.stages, plan.wy.warps)),
     ) + ((("output kernel", "output", _output_needs(C, plan.output.block_k, plan.output.block_v, isz,
                                                     plan.output.stages, plan.output.warps)),)
-         if plan.separate_output else ())
+         if plan.separate_output else ()) + (
+        (("inverse kernel", "inverse_kernel", _inverse_needs(C, plan.inverse_kernel.block_k, 16, isz,
+                                                             plan.inverse_kernel.stages, plan.inverse_kernel.warps)),)
+        if plan.inverse == "kernel" else ())
     for name, suffix, (smem, regs) in checks:
         launch = getattr(plan, suffix)
         if smem > smem_limit:

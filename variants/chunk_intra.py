@@ -52,6 +52,16 @@ def chunk_bounds(pid_chunk, chunk_table, T, C: tl.constexpr, IS_VARLEN: tl.const
 
 
 @triton.jit
+def persistent_tile(tile, chunk_table, T, H: tl.constexpr, C: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """What tile ``tile`` (= chunk * H + head) of a persistent per-chunk kernel works on: its head, the
+    chunk's token range [start, end), its token indices [C] and their mask."""
+    head = tile % H
+    start, end = chunk_bounds(tile // H, chunk_table, T, C, IS_VARLEN)
+    tok = start + tl.arange(0, C)
+    return head, start, end, tok, tok < end
+
+
+@triton.jit
 def chunk_program_tile(pid_chunk, head, chunk_table, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                        C: tl.constexpr, IS_VARLEN: tl.constexpr):
     """What a per-(chunk, head) program (the gradient and output kernels) works on: the chunk's rows, token
@@ -214,23 +224,39 @@ def load_tm(scratch, C: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
-def chunk_intra_fwd_kernel(
-    q, k, v, beta, w, u, aqk, tm_out, scratch, chunk_table, T, scale, num_tiles,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, STORE_TM: tl.constexpr, REGISTER_INVERSE: tl.constexpr,
+def chunk_inverse_kernel(
+    k, beta, tm, scratch, chunk_table, T, num_tiles,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr, IS_VARLEN: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr,
 ):
-    """Aqk, then W and U (and with STORE_TM Tm in the input dtype, laid out like Aqk), of tiles
-    program_id(0), + num_programs(0), ... (tile = chunk * H + head). REGISTER_INVERSE: Tm from
-    ``chunk_inverse_registers`` (``scratch`` unused), else from ``chunk_inverse`` through the workspace."""
+    """Tm of tiles program_id(0), + num_programs(0), ... into ``tm`` (input dtype, laid out like Aqk), for
+    inverse="kernel": ``chunk_inverse`` on its own, so that more programs share an SM than the intra-chunk
+    kernel's (which holds the W / U / Aqk tiles besides) -- the inverse is a latency-bound chain."""
     scratch += tl.program_id(0).to(tl.int64) * C * C
     rows = tl.arange(0, C)
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        pid_chunk = tile // H
-        head = tile % H
-        start, end = chunk_bounds(pid_chunk, chunk_table, T, C, IS_VARLEN)
-        tok = start + rows
-        row_mask = tok < end
+        head, start, end, tok, row_mask = persistent_tile(tile, chunk_table, T, H, C, IS_VARLEN)
+        chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+        tm_tile = load_tm(scratch, C, False)
+        tl.store(tm + (tok * H + head)[:, None] * C + rows[None, :], tm_tile.to(tm.dtype.element_ty),
+                 mask=row_mask[:, None])
+
+
+@triton.jit
+def chunk_intra_fwd_kernel(
+    q, k, v, beta, w, u, aqk, tm, scratch, chunk_table, T, scale, num_tiles,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr,
+    PRECISION: tl.constexpr, INV_PRECISION: tl.constexpr, STORE_TM: tl.constexpr, INVERSE: tl.constexpr,
+):
+    """Aqk, then W and U (and with STORE_TM Tm in the input dtype into ``tm``, laid out like Aqk), of
+    tiles program_id(0), + num_programs(0), ... (tile = chunk * H + head). INVERSE: where Tm comes from --
+    "workspace" (``chunk_inverse``, through ``scratch``), "registers" (``chunk_inverse_registers``) or
+    "load" (read from ``tm``, which ``chunk_inverse_kernel`` filled; ``scratch`` unused)."""
+    scratch += tl.program_id(0).to(tl.int64) * C * C
+    rows = tl.arange(0, C)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        head, start, end, tok, row_mask = persistent_tile(tile, chunk_table, T, H, C, IS_VARLEN)
         # Aqk first and stored at once: its [C, C] accumulator is dead before the inverse needs registers
         qk = tl.zeros([C, C], dtype=tl.float32)
         for d0 in range(0, K, BLOCK_K):
@@ -242,15 +268,17 @@ def chunk_intra_fwd_kernel(
         qk = tl.where(rows[:, None] >= rows[None, :], qk * scale, 0.0)
         tl.store(aqk + (tok * H + head)[:, None] * C + rows[None, :], qk.to(aqk.dtype.element_ty), mask=row_mask[:, None])
 
-        if REGISTER_INVERSE:
-            tm = chunk_inverse_registers(k, beta, start, end, head, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
+        if INVERSE == "load":
+            tm_op = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :], mask=row_mask[:, None], other=0.0)
+        elif INVERSE == "registers":
+            tm_op = chunk_inverse_registers(k, beta, start, end, head, H, K, C, BLOCK_K, PRECISION,
+                                            INV_PRECISION).to(k.dtype.element_ty)
         else:
             chunk_inverse(k, beta, start, end, head, scratch, H, K, C, BLOCK_K, PRECISION, INV_PRECISION)
-            tm = load_tm(scratch, C, False)
+            tm_op = load_tm(scratch, C, False).to(k.dtype.element_ty)
         b = tl.load(beta + tok * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        tm_op = tm.to(k.dtype.element_ty)
         if STORE_TM:
-            tl.store(tm_out + (tok * H + head)[:, None] * C + rows[None, :], tm_op, mask=row_mask[:, None])
+            tl.store(tm + (tok * H + head)[:, None] * C + rows[None, :], tm_op, mask=row_mask[:, None])
         for d0 in range(0, K, BLOCK_K):
             dd = d0 + tl.arange(0, BLOCK_K)
             m = row_mask[:, None] & (dd < K)[None, :]
