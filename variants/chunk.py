@@ -183,7 +183,7 @@ def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, sca
         H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
         HAS_H0=initial_state is not None, STORE_HT=final_state is not None, COMPUTE_O=output is not None,
         STORE_STATES=states is not None, IS_VARLEN=cu_seqlens is not None, PRECISION=plan.precision,
-        num_warps=launch.warps, num_stages=launch.stages,
+        **launch.options,
     )
 
 
@@ -241,8 +241,7 @@ def _output(plan: ChunkPlan, layout: ChunkLayout, q, aqk, states, v_new, o, scal
     chunk_output_kernel[(layout.num_chunks * triton.cdiv(V, launch.block_v), H)](
         q, aqk, states, v_new, o, layout.chunk_table, T, scale,
         H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v,
-        IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision,
-        num_warps=launch.warps, num_stages=launch.stages,
+        IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision, **launch.options,
     )
 
 
@@ -279,7 +278,7 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
         q, k, w, aqk, do, dfinal_state, dh0, dstates, dv_new, cu_seqlens, layout.chunk_offsets, T, scale,
         H=H, K=K, V=V, C=C, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
         HAS_DHT=dfinal_state is not None, STORE_DH0=dh0 is not None, IS_VARLEN=is_varlen, PRECISION=plan.precision,
-        num_warps=launch.warps, num_stages=launch.stages,
+        **launch.options,
     )
 
     # B4: dQ, partial dK, dW per chunk
@@ -290,7 +289,7 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     chunk_grads_kernel[(layout.num_chunks, H)](
         q, k, v_new, dv_new, do, states, dstates, dq, dk_partial, dw, layout.chunk_table, T, scale,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
-        PRECISION=plan.precision, num_warps=launch.warps, num_stages=launch.stages,
+        PRECISION=plan.precision, **launch.options,
     )
 
     # B5: back through the UT transform

@@ -332,10 +332,11 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
     # float32 tiles -- intra, grads, WY -- spill at 4 warps from C = 64 on, measured with ptxas for sm_90)
 
-    def launch(needs, bk: int, bv: int, warps_key: str, stages_key: str, fewest: int = least,
+    def launch(needs, bk: int, bv: int, warps_key: str, stages_key: Optional[str], fewest: int = least,
                min_stages: int = 1) -> Launch:
+        """``stages_key`` None: the stages are always the automatic choice."""
         warps = config[warps_key] or _auto_warps(needs, C, bk, bv, isz, fewest)
-        stages = config[stages_key] or max(min_stages, _auto_stages(needs, C, bk, bv, isz, warps))
+        stages = (config[stages_key] if stages_key else 0) or max(min_stages, _auto_stages(needs, C, bk, bv, isz, warps))
         return Launch(bk, bv, warps, stages)
 
     block = config["block_intra"] or (64 if C <= 64 else 32)
@@ -375,9 +376,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     output = launch(_output_needs, min(BK, 64), config["block_v_output"] or min(BV, 64), "warps_output",
                     "stages_output", fewest=4)
     # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
-    inverse_block = min(BK, 64)
-    inverse_warps = config["warps_inverse"] or _auto_warps(_inverse_needs, C, inverse_block, 16, isz, 4)
-    inverse = Launch(inverse_block, 16, inverse_warps, _auto_stages(_inverse_needs, C, inverse_block, 16, isz, inverse_warps))
+    inverse = launch(_inverse_needs, min(BK, 64), 16, "warps_inverse", None, fewest=4)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse)
 
@@ -405,22 +404,21 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
     plan = resolve_plan(config, problem)
     C, isz = plan.chunk_size, problem.itemsize
     _, smem_limit = device_limits()
-    checks = (
-        ("intra-chunk kernel", "intra", _intra_needs(C, plan.intra.block_k, plan.intra.block_v, isz, plan.intra.stages, plan.intra.warps)),
-        ("state scan", "state", _state_needs(C, BK, plan.state.block_v, isz, plan.state.stages, plan.state.warps,
-                                             with_output=not plan.separate_output)),
-        ("reverse state scan", "state_bwd",
-         _state_bwd_needs(C, BK, plan.state_bwd.block_v, isz, plan.state_bwd.stages, plan.state_bwd.warps)),
-        ("gradient kernel", "grads", _grads_needs(C, plan.grads.block_k, plan.grads.block_v, isz, plan.grads.stages, plan.grads.warps)),
-        ("WY backward", "wy", _wy_needs(C, plan.wy.block_k, plan.wy.block_v, isz, plan.wy.stages, plan.wy.warps)),
-    ) + ((("output kernel", "output", _output_needs(C, plan.output.block_k, plan.output.block_v, isz,
-                                                    plan.output.stages, plan.output.warps)),)
-         if plan.separate_output else ()) + (
-        (("inverse kernel", "inverse_kernel", _inverse_needs(C, plan.inverse_kernel.block_k, 16, isz,
-                                                             plan.inverse_kernel.stages, plan.inverse_kernel.warps)),)
-        if plan.inverse == "kernel" else ())
-    for name, suffix, (smem, regs) in checks:
+    # (what, plan field, resource estimate) of every kernel the plan launches
+    checks = [
+        ("intra-chunk kernel", "intra", _intra_needs),
+        ("state scan", "state", _state_no_output_needs if plan.separate_output else _state_needs),
+        ("reverse state scan", "state_bwd", _state_bwd_needs),
+        ("gradient kernel", "grads", _grads_needs),
+        ("WY backward", "wy", _wy_needs),
+    ]
+    if plan.separate_output:
+        checks.append(("output kernel", "output", _output_needs))
+    if plan.inverse == "kernel":
+        checks.append(("inverse kernel", "inverse_kernel", _inverse_needs))
+    for name, suffix, needs in checks:
         launch = getattr(plan, suffix)
+        smem, regs = needs(C, launch.block_k, launch.block_v, isz, launch.stages, launch.warps)
         if smem > smem_limit:
             fewest = scan_stages if suffix in ("state", "state_bwd") else 1
             lower = "tiles or chunk_size" if launch.stages <= fewest else "stages, tiles or chunk_size"
