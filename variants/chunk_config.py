@@ -27,16 +27,20 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         reads it, no second inverse; 6-11 % off forward+backward on an H200 at T = 16K,
                         reports/h200-2026-11-29-s4/) or "recompute" (the WY kernel inverts again: no
                         extra buffer)
-    inverse             how the intra-chunk kernels get Tm: "workspace" (default: built inside the kernel
-                        through its per-program float32 workspace, see chunk_intra.py), "kernel" (the same
-                        inverse in a kernel of its own, chunk_inverse_kernel, at 4 warps: more of its
-                        latency-bound chains per SM than the intra-chunk kernel's two; Tm goes through
-                        global memory in the input dtype, the copy the backward keeps anyway; not yet
-                        timed) or "registers" (batched 16 x 16 products and forward substitution, then
-                        pairwise merges, all in registers: ~245 registers a thread, one program per SM;
-                        measured 2-3.5x slower on an H200, forward intra-chunk kernel at T = 16K: D = 64
-                        365 -> 1312 us, D = 128 258 -> 886, D = 256 309 -> 596; reports/h200-2026-11-29-s6/;
-                        kept as a second, independently written inverse). The WY backward's recompute
+    inverse             how the intra-chunk kernels get Tm: "kernel" (default: the inverse in a kernel of
+                        its own, chunk_inverse_kernel, at 4 warps -- three of its latency-bound chains per
+                        SM where the intra-chunk kernel fits two -- writing Tm in the input dtype, the copy
+                        the backward keeps anyway; the intra-chunk kernel then reads it: 64 instead of 119
+                        registers, four programs per SM), "workspace" (the same inverse inside the
+                        intra-chunk kernel, through its per-program float32 workspace, see chunk_intra.py;
+                        no Tm buffer in inference calls) or "registers" (batched 16 x 16 products and
+                        forward substitution, then pairwise merges, all in registers: ~245 registers a
+                        thread, one program per SM; kept as a second, independently written inverse).
+                        Measured on an H200, bf16 forward at B = 1, T = 16K, intra-chunk kernel(s)
+                        (reports/h200-2026-11-29-s7/): D = 64 workspace 362 us, kernel 222 + 131 = 353;
+                        D = 128 257 / 117 + 118 = 235; D = 256 308 / 71 + 130 = 201; registers 2-3.5x
+                        slower than workspace (D = 64 365 -> 1312 us, D = 128 258 -> 886, D = 256 309 ->
+                        596; reports/h200-2026-11-29-s6/). The WY backward's recompute
                         (wy_inverse="recompute") builds Tm its own way for "workspace" and "kernel" alike
     warps_inverse       warps of the inverse kernel (inverse="kernel"; 0: 4 where its registers fit)
     save_for_backward   what a differentiated call keeps for its backward: "intermediates" (default: W, U,
@@ -119,7 +123,7 @@ SPACE: dict[str, tuple] = {
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
-DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="workspace",
+DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
                       save_for_backward="intermediates", output="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
@@ -271,6 +275,26 @@ def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
     return 2 if needs(C, bk, bv, isz, 2, warps)[0] <= smem_limit else 1
 
 
+# The scans' automatic pipeline depth. A scan step waits on its chunk's W / K / Q tiles (L2 or HBM latency);
+# prefetching more steps ahead hides it. On an H200 (bf16 forward scan, D = 128, 1 x 16K;
+# reports/h200-2026-11-29-s7/): 32-wide tiles at 3 stages 327 us against 16-wide at 2 stages 472 (s6:
+# 32-wide at 2 stages 503); without the output, 64-wide tiles 551 us at 2 stages, 395 at 4; the tuner had
+# already picked 3-4 stages for D = 64 (1.08-1.38x over the 2-stage default).
+MAX_SCAN_STAGES = 4
+
+
+def _scan_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int, programs: int) -> int:
+    """The deepest pipeline (<= MAX_SCAN_STAGES) that fits shared memory with all of the scan's
+    ``programs`` resident at once (where they outnumber the SMs, several share one SM's shared memory:
+    a deeper pipeline must not push some into a second wave); else ``_auto_stages``' choice."""
+    sms, smem_limit = device_limits()
+    resident = -(-programs // sms)
+    for stages in range(MAX_SCAN_STAGES, 2, -1):
+        if resident * needs(C, bk, bv, isz, stages, warps)[0] <= smem_limit:
+            return stages
+    return _auto_stages(needs, C, bk, bv, isz, warps)
+
+
 # At key tiles above 128 the 16-bit scans fault at one pipeline stage on an H200 (triton 3.6.0, "an illegal
 # memory access", K = V = 256: the forward scan storing states with stages_state=1, the reverse scan with
 # stages_state_bwd=1, 16-wide V tiles each; the same calls at two stages match "recurrent";
@@ -333,10 +357,13 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # float32 tiles -- intra, grads, WY -- spill at 4 warps from C = 64 on, measured with ptxas for sm_90)
 
     def launch(needs, bk: int, bv: int, warps_key: str, stages_key: Optional[str], fewest: int = least,
-               min_stages: int = 1) -> Launch:
-        """``stages_key`` None: the stages are always the automatic choice."""
+               min_stages: int = 1, scan_programs: int = 0) -> Launch:
+        """``stages_key`` None: the stages are always the automatic choice; ``scan_programs``: a scan's
+        program count (its automatic stages: ``_scan_stages``)."""
         warps = config[warps_key] or _auto_warps(needs, C, bk, bv, isz, fewest)
-        stages = (config[stages_key] if stages_key else 0) or max(min_stages, _auto_stages(needs, C, bk, bv, isz, warps))
+        auto = (_scan_stages(needs, C, bk, bv, isz, warps, scan_programs) if scan_programs
+                else _auto_stages(needs, C, bk, bv, isz, warps))
+        stages = (config[stages_key] if stages_key else 0) or max(min_stages, auto)
         return Launch(bk, bv, warps, stages)
 
     block = config["block_intra"] or (64 if C <= 64 else 32)
@@ -357,10 +384,12 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         config["output"] == "auto" and BK > WIDE_KEY_TILE and isz < 4
         and scan_block_v("block_v", _state_no_output_needs, True) > 16)
     state_needs = _state_no_output_needs if separate else _state_needs
-    state = launch(state_needs, BK, scan_block_v("block_v", state_needs, separate and isz < 4), "warps_state",
-                   "stages_state", min_stages=scan_stages)
-    state_bwd = launch(_state_bwd_needs, BK, scan_block_v("block_v_bwd", _state_bwd_needs),
-                       "warps_state_bwd", "stages_state_bwd", min_stages=scan_stages)
+    block_v = scan_block_v("block_v", state_needs, separate and isz < 4)
+    state = launch(state_needs, BK, block_v, "warps_state", "stages_state", min_stages=scan_stages,
+                   scan_programs=programs * -(-BV // block_v))
+    block_v_bwd = scan_block_v("block_v_bwd", _state_bwd_needs)
+    state_bwd = launch(_state_bwd_needs, BK, block_v_bwd, "warps_state_bwd", "stages_state_bwd",
+                       min_stages=scan_stages, scan_programs=programs * -(-BV // block_v_bwd))
     # grads tiles: the widest (<= 64) that fit at one stage
     grads_tiles = next(
         (block for block in (64, 32, 16) if _grads_needs(C, min(BK, block), min(BV, block), isz, 1, 8)[0] <= smem_limit),
