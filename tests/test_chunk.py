@@ -26,7 +26,18 @@ import triton.language as tl
 from deltalab.harness.numerics import random_inputs, rel_error, tolerance
 from deltalab.variants import delta_rule, registry
 from deltalab.variants.chunk import chunk_layout
-from deltalab.variants.chunk_config import DEFAULT_CONFIG, SPACE, constraints, padded, resolve_plan
+from deltalab.variants.chunk_config import (
+    DEFAULT_CONFIG,
+    MAX_SCAN_STAGES,
+    SPACE,
+    _state_bwd_needs,
+    _state_needs,
+    _state_no_output_needs,
+    constraints,
+    device_limits,
+    padded,
+    resolve_plan,
+)
 from deltalab.variants.chunk_intra import chunk_inverse, load_tm
 from deltalab.variants.registry import Problem
 
@@ -419,6 +430,32 @@ def test_automatic_block_v_takes_one_nearly_full_wave(B, H, K, block_v):
     wider tiles in one wave beat narrower ones in two; see FILL_FRACTION)."""
     plan = resolve_plan(DEFAULT_CONFIG, Problem(B=B, T=16384 // B, H=H, K=K, V=K, dtype=torch.bfloat16))
     assert plan.state.block_v == block_v
+
+
+@pytest.mark.parametrize("B, H, K, stages, stages_bwd", [
+    (1, 16, 128, 3, 3),   # 128 programs, one per SM: as deep as shared memory allows (4 does not fit)
+    (1, 32, 64, 4, 4),    # D = 64: four fit
+    (8, 16, 128, 2, 2),   # 256 programs of 64-wide tiles: two per SM, so a shallower pipeline each
+    (1, 8, 256, 2, 2),    # K = 256, fused output: only two fit
+    (2, 8, 256, 3, 2),    # K = 256, separate output (32-wide scan without Q / Aqk): three fit
+])
+def test_automatic_scan_stages_are_the_deepest_that_keep_one_wave(B, H, K, stages, stages_bwd):
+    """The scans prefetch as many chunk steps ahead as shared memory allows with all their programs
+    resident (MAX_SCAN_STAGES at most), measured faster on an H200 (see MAX_SCAN_STAGES): a depth above two
+    fits with every program resident, and one more stage would not (two is the fallback otherwise)."""
+    problem = Problem(B=B, T=16384 // B, H=H, K=K, V=K, dtype=torch.bfloat16)
+    plan = resolve_plan(DEFAULT_CONFIG, problem)
+    assert (plan.state.stages, plan.state_bwd.stages) == (stages, stages_bwd)
+    sms, smem = device_limits()
+    for launch, needs in ((plan.state, _state_no_output_needs if plan.separate_output else _state_needs),
+                          (plan.state_bwd, _state_bwd_needs)):
+        resident = -(-problem.num_seqs * H * -(-K // launch.block_v) // sms)
+        if launch.stages > 2:
+            assert resident * needs(64, K, launch.block_v, 2, launch.stages, launch.warps)[0] <= smem
+        if launch.stages < MAX_SCAN_STAGES:
+            assert resident * needs(64, K, launch.block_v, 2, launch.stages + 1, launch.warps)[0] > smem
+    # an explicit depth wins over the rule
+    assert resolve_plan(dict(DEFAULT_CONFIG, stages_state=2), problem).state.stages == 2
 
 
 @pytest.mark.parametrize(

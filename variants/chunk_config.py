@@ -14,6 +14,8 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     block_v             V tile per program of the forward state scan (splits V over programs when
                         sequences x heads are few); warps_state, stages_state
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
+                        (the scans' automatic stages: the deepest pipeline, up to MAX_SCAN_STAGES, that fits
+                        shared memory with all their programs resident -- they wait on each chunk's loads)
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
     regs_intra, regs_wy registers per thread the persistent intra-chunk / WY kernels may use (0: the
