@@ -279,9 +279,9 @@ def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
 
 # The scans' automatic pipeline depth. A scan step waits on its chunk's W / K / Q tiles (L2 or HBM latency);
 # prefetching more steps ahead hides it. On an H200 (bf16 forward scan, D = 128, 1 x 16K;
-# reports/h200-2026-11-29-s7/): 32-wide tiles at 3 stages 327 us against 16-wide at 2 stages 472 (s6:
-# 32-wide at 2 stages 503); without the output, 64-wide tiles 551 us at 2 stages, 395 at 4; the tuner had
-# already picked 3-4 stages for D = 64 (1.08-1.38x over the 2-stage default).
+# reports/h200-2026-11-29-s7/): the automatic 16-wide tile 472 us at 2 stages, 279 at 3 (this rule);
+# 32-wide 503 at 2 (s6), 327 at 3; without the output, 64-wide tiles 551 us at 2 stages, 395 at 4. The
+# tuner had already picked 3-4 stages for D = 64 (1.08-1.38x over the 2-stage default).
 MAX_SCAN_STAGES = 4
 
 
@@ -356,7 +356,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     isz = problem.itemsize
     least = 8 if C >= 128 else 4  # [C, C] float32 tiles of 128 x 128 want 8 warps
     # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
-    # float32 tiles -- intra, grads, WY -- spill at 4 warps from C = 64 on, measured with ptxas for sm_90)
+    # float32 tiles -- intra, grads, WY -- spilled at 4 warps from C = 64 on, measured with ptxas for sm_90;
+    # since s6 the WY kernel fits 4 warps at D = 128 without spills, 250 registers: untimed, see profile-wy)
 
     def launch(needs, bk: int, bv: int, warps_key: str, stages_key: Optional[str], fewest: int = least,
                min_stages: int = 1, scan_programs: int = 0) -> Launch:
