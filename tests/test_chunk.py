@@ -424,6 +424,7 @@ def test_automatic_block_v_splits_v_when_programs_are_few():
     (4, 16, 128, 64),   # 64 x 2 = 128
     (1, 16, 128, 16),   # 32-wide would leave half the SMs idle
     (2, 8, 256, 32),    # K = 256 with output="auto": the separate kernel's scan, 16 x 8 = 128
+    (4, 8, 256, 32),    # K = 256: 64-wide would fill the SMs but fits two stages only (32-wide: three)
 ])
 def test_automatic_block_v_takes_one_nearly_full_wave(B, H, K, block_v):
     """The automatic scan tile keeps 7/8 of the SMs busy rather than all of them (measured on an H200:
@@ -432,24 +433,41 @@ def test_automatic_block_v_takes_one_nearly_full_wave(B, H, K, block_v):
     assert plan.state.block_v == block_v
 
 
+@pytest.mark.parametrize("dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads", [
+    (torch.bfloat16, 64, 64, 4, 4, 64),
+    (torch.bfloat16, 64, 128, 4, 4, 32),   # 64-wide key tiles spill at 4 warps
+    (torch.bfloat16, 64, 256, 4, 8, 64),   # 4 warps with 32-wide key tiles: slower at K = 256
+    (torch.float32, 64, 128, 8, 8, 64),    # float32 spills more at 4 warps (untimed)
+    (torch.bfloat16, 128, 128, 8, 8, 64),  # [128, 128] float32 tiles want 8 warps
+])
+def test_backward_kernels_take_the_warps_measured_faster(dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads):
+    """The WY and gradient kernels run 4 warps (two programs per SM) where that was measured faster on an
+    H200 (bf16, C = 64; see chunk_config) and their registers fit without spills (ptxas for sm_90)."""
+    plan = resolve_plan(dict(DEFAULT_CONFIG, chunk_size=chunk_size), Problem(B=1, T=4096, H=16, K=K, V=K, dtype=dtype))
+    assert (plan.wy.warps, plan.grads.warps, plan.grads.block_k) == (warps_wy, warps_grads, min(K, block_k_grads))
+
+
 @pytest.mark.parametrize("B, H, K, stages, stages_bwd", [
     (1, 16, 128, 3, 3),   # 128 programs, one per SM: as deep as shared memory allows (4 does not fit)
     (1, 32, 64, 4, 4),    # D = 64: four fit
-    (8, 16, 128, 2, 2),   # 256 programs of 64-wide tiles: two per SM, so a shallower pipeline each
+    (8, 16, 128, 3, 3),   # 256 programs of 64-wide tiles: two waves at any depth, so as deep as one fits
     (1, 8, 256, 2, 2),    # K = 256, fused output: only two fit
     (2, 8, 256, 3, 2),    # K = 256, separate output (32-wide scan without Q / Aqk): three fit
+    (4, 8, 256, 3, 2),    # the same at 256 programs: two waves either way
 ])
 def test_automatic_scan_stages_are_the_deepest_that_keep_one_wave(B, H, K, stages, stages_bwd):
-    """The scans prefetch as many chunk steps ahead as shared memory allows with all their programs
-    resident (MAX_SCAN_STAGES at most), measured faster on an H200 (see MAX_SCAN_STAGES): a depth above two
-    fits with every program resident, and one more stage would not (two is the fallback otherwise)."""
+    """The scans prefetch as many chunk steps ahead as shared memory allows with as many programs
+    resident as two stages would allow (MAX_SCAN_STAGES at most), measured faster on an H200 (see
+    MAX_SCAN_STAGES): a depth above two fits with that many resident, and one more stage would not (two
+    is the fallback otherwise)."""
     problem = Problem(B=B, T=16384 // B, H=H, K=K, V=K, dtype=torch.bfloat16)
     plan = resolve_plan(DEFAULT_CONFIG, problem)
     assert (plan.state.stages, plan.state_bwd.stages) == (stages, stages_bwd)
     sms, smem = device_limits()
     for launch, needs in ((plan.state, _state_no_output_needs if plan.separate_output else _state_needs),
                           (plan.state_bwd, _state_bwd_needs)):
-        resident = -(-problem.num_seqs * H * -(-K // launch.block_v) // sms)
+        at_two_stages = smem // needs(64, K, launch.block_v, 2, 2, launch.warps)[0]
+        resident = min(-(-problem.num_seqs * H * -(-K // launch.block_v) // sms), at_two_stages)
         if launch.stages > 2:
             assert resident * needs(64, K, launch.block_v, 2, launch.stages, launch.warps)[0] <= smem
         if launch.stages < MAX_SCAN_STAGES:

@@ -282,15 +282,19 @@ def _auto_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int) -> int:
 # reports/h200-2026-11-29-s7/): the automatic 16-wide tile 472 us at 2 stages, 279 at 3 (this rule);
 # 32-wide 503 at 2 (s6), 327 at 3; without the output, 64-wide tiles 551 us at 2 stages, 395 at 4. The
 # tuner had already picked 3-4 stages for D = 64 (1.08-1.38x over the 2-stage default).
+# Where the programs take several waves even at two stages, they may as well run one program per SM at
+# the deepest pipeline that fits: K = 256, bf16, 4 x 4K forward scan without the output (256 programs of
+# 32-wide tiles, one per SM either way) 323 us at 2 stages, 223 at 3 (reports/h200-2026-11-29-s8/).
 MAX_SCAN_STAGES = 4
 
 
 def _scan_stages(needs, C: int, bk: int, bv: int, isz: int, warps: int, programs: int) -> int:
-    """The deepest pipeline (<= MAX_SCAN_STAGES) that fits shared memory with all of the scan's
-    ``programs`` resident at once (where they outnumber the SMs, several share one SM's shared memory:
-    a deeper pipeline must not push some into a second wave); else ``_auto_stages``' choice."""
+    """The deepest pipeline (<= MAX_SCAN_STAGES) that fits shared memory with as many of the scan's
+    ``programs`` resident at once as two stages would allow (where they outnumber the SMs, several
+    share one SM's shared memory: a deeper pipeline must not push some into a further wave); else
+    ``_auto_stages``' choice."""
     sms, smem_limit = device_limits()
-    resident = -(-programs // sms)
+    resident = max(1, min(-(-programs // sms), smem_limit // needs(C, bk, bv, isz, 2, warps)[0]))
     for stages in range(MAX_SCAN_STAGES, 2, -1):
         if resident * needs(C, bk, bv, isz, stages, warps)[0] <= smem_limit:
             return stages
@@ -317,13 +321,16 @@ def scan_min_stages(key_tile: int, itemsize: int) -> int:
 # ones: on an H200 (bf16 forward scan; reports/h200-2026-11-29-s6/) 128 programs of 32-wide tiles took
 # 272 us where 256 of 16-wide took 470 (D = 128, 2 x 8K), 64-wide 170 against 32-wide 272 (4 x 4K), and
 # at K = 256 (2 x 8K, separate output) 32-wide 319 against 16-wide 598; half the SMs (64 programs) lost:
-# 503 us against 480 (D = 128, 1 x 16K).
+# 503 us against 480 (D = 128, 1 x 16K). At key tiles above WIDE_KEY_TILE a tile must fit one stage more
+# than the scan's fewest (two): at K = 256, C = 64 a 64-wide tile fits two stages only, a 32-wide one
+# three (bf16, 4 x 4K, without the output: 64-wide 268 us, 32-wide at 3 stages 223;
+# reports/h200-2026-11-29-s8/).
 FILL_FRACTION = 7 / 8
 
 
 def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fits, wide_keys_widen: bool = False) -> int:
     """The widest V tile (<= 64) whose programs still keep FILL_FRACTION of the SMs busy and fits
-    (``fits(block)``: shared memory at the scan's fewest stages); 16 at least, and 16 at key tiles above
+    (``fits(block)``: shared memory at the stages the caller asks for); 16 at least, and 16 at key tiles above
     WIDE_KEY_TILE unless ``wide_keys_widen`` (16-bit scans without the output: wider tiles fit two stages
     there; with the output they fit one stage only -- a fault in 16-bit -- and float32 runs one stage,
     unchecked on a GPU beyond 16-wide tiles)."""
@@ -356,8 +363,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     isz = problem.itemsize
     least = 8 if C >= 128 else 4  # [C, C] float32 tiles of 128 x 128 want 8 warps
     # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
-    # float32 tiles -- intra, grads, WY -- spilled at 4 warps from C = 64 on, measured with ptxas for sm_90;
-    # since s6 the WY kernel fits 4 warps at D = 128 without spills, 250 registers: untimed, see profile-wy)
+    # float32 tiles -- intra, grads -- spilled at 4 warps from C = 64 on, measured with ptxas for sm_90)
 
     def launch(needs, bk: int, bv: int, warps_key: str, stages_key: Optional[str], fewest: int = least,
                min_stages: int = 1, scan_programs: int = 0) -> Launch:
@@ -378,8 +384,9 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     scan_stages = scan_min_stages(BK, isz)
 
     def scan_block_v(key: str, needs, wide_keys_widen: bool = False) -> int:
+        fit_stages = scan_stages + (BK > WIDE_KEY_TILE)  # see FILL_FRACTION
         return config[key] or _auto_block_v(
-            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit, wide_keys_widen)
+            programs, BV, BK, lambda bv: needs(C, BK, bv, isz, fit_stages, 4)[0] <= smem_limit, wide_keys_widen)
 
     # output="auto": separate where the scan without the output gets wider V tiles than the 16 the fused scan
     # is held to at wide 16-bit key tiles
@@ -398,11 +405,22 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         (block for block in (64, 32, 16) if _grads_needs(C, min(BK, block), min(BV, block), isz, 1, 8)[0] <= smem_limit),
         16,
     )
-    grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_tiles),
-                   config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads", 8 if C >= 64 else 4)
-    # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256
+    # 16-bit, C = 64, K <= 128: 4 warps (two programs per SM; at 8, 158-170 registers x 256 threads leave
+    # room for one) and at K = 128 32-wide key tiles (64-wide spill at 4 warps). H200, bf16 fwd+bwd, 1 x 16K
+    # (reports/h200-2026-11-29-s8/): D = 64 372 -> 211 us, D = 128 421 -> 371 (4 warps, 32 x 32 tiles: 508);
+    # at K = 256 8 warps and 64-wide stay (566 us; 4 warps, 32-wide key tiles: 610)
+    narrow_grads = isz < 4 and C == 64 and BK <= 128
+    grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_tiles, 32 if narrow_grads and BK > 64 else 64),
+                   config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads",
+                   4 if narrow_grads or C < 64 else 8)
+    # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256.
+    # Its warps in 16 bits: the fewest the register estimate allows -- 4 at C = 64 (two programs per SM;
+    # ptxas for sm_90: 250-255 registers at D = 64-128, no spills; float32 spills more at 4 than at 8).
+    # H200, bf16 fwd+bwd (reports/h200-2026-11-29-s8/): the kernel 409 -> 239 us at D = 128 1 x 16K and
+    # 551 -> 297 at D = 256 2 x 8K against 8 warps
     block = config["block_wy"] or (64 if C <= 64 and max(BK, BV) <= 128 else 32)
-    wy = replace(launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy", 8 if C >= 64 else 4),
+    wy = replace(launch(_wy_needs, min(block, BK), min(block, BV), "warps_wy", "stages_wy",
+                        fewest=4 if isz < 4 or C < 64 else 8),
                  max_regs=config["regs_wy"])
     # the separate output kernel: parallel and memory-bound; 64-wide key steps
     output = launch(_output_needs, min(BK, 64), config["block_v_output"] or min(BV, 64), "warps_output",
