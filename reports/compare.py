@@ -31,6 +31,11 @@ class Target:
     no_shape_slower: bool
 
 
+# A row whose host time per call (either side's) reaches this share of its GPU time measures how fast the host
+# issues calls as much as the kernels: on a lent H200 the host's speed differed about 2x between processes,
+# and rows under ~0.7 ms read up to 1.7x slower in the slow one (reports/h200-2026-11-29-s8/).
+HOST_BOUND_SHARE = 0.9
+
 TARGETS: dict[tuple[str, str], Target] = {
     ("chunk", "fwd"): Target(1.5, True),
     ("chunk", "fwd+bwd"): Target(1.3, True),
@@ -39,8 +44,9 @@ TARGETS: dict[tuple[str, str], Target] = {
 
 
 def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
-    """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio and
-    host_share (our host time to issue a call / our median GPU time; NaN where not recorded)."""
+    """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio,
+    host_share and peer_host_share (host time to issue a call / median GPU time; NaN where not recorded) and
+    host_bound (either share at least HOST_BOUND_SHARE)."""
     rows = []
     for ours, peer in pairs:
         mine = ok[ok["variant"] == ours]
@@ -59,17 +65,20 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
                     "peer_ms": float(r["median_ms_peer"]),
                     "ratio": float(r["median_ms_peer"]) / float(r["median_ms"]),
                     "floor_ratio": float(r.get("floor_ratio", float("nan"))),
-                    "host_share": _host_share(r),
+                    "host_share": _host_share(r["host_ms"] if "host_ms" in r else None, r["median_ms"]),
+                    "peer_host_share": _host_share(r["host_ms_peer"] if "host_ms_peer" in r else None,
+                                                   r["median_ms_peer"]),
                 }
             )
+            shares = (rows[-1]["host_share"], rows[-1]["peer_host_share"])
+            rows[-1]["host_bound"] = any(share >= HOST_BOUND_SHARE for share in shares if not math.isnan(share))
     return pd.DataFrame(rows)
 
 
-def _host_share(row) -> float:
-    host = row.get("host_ms")
-    if host is None or pd.isna(host) or not row["median_ms"]:
+def _host_share(host_ms, median_ms) -> float:
+    if host_ms is None or pd.isna(host_ms) or not median_ms:
         return float("nan")
-    return float(host) / float(row["median_ms"])
+    return float(host_ms) / float(median_ms)
 
 
 def summarise(ratios: pd.DataFrame) -> pd.DataFrame:
@@ -116,6 +125,13 @@ def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFra
             "-" if math.isnan(r.get("host_share", float("nan"))) else f"{100 * r['host_share']:.0f} %",
         )  # fmt: skip
     console.print(table)
+    bound = ratios[ratios["host_bound"]] if "host_bound" in ratios else ratios.iloc[0:0]
+    if not bound.empty:
+        console.print(
+            f"[yellow]{len(bound)} of {len(ratios)} rows are host-bound (ours or the peer's host time per call >= "
+            f"{100 * HOST_BOUND_SHARE:.0f} % of its GPU time): their ratios measure how fast this machine's host "
+            "issues calls as much as the kernels; `deltalab sweep --cuda-graph on` times the kernels alone.[/]"
+        )
     totals = Table(title="geometric mean over shapes, against the targets")
     for col in ("variant", "mode", "dtype", "shapes", "geomean", "worst", "target", "met"):
         totals.add_column(col)

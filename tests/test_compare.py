@@ -51,9 +51,31 @@ def test_host_share_shown_where_recorded():
     ratios = ratio_rows(ok).set_index("mode")
     assert math.isclose(ratios.loc["fwd+bwd", "host_share"], 0.75)
     assert math.isnan(ratios.loc["fwd", "host_share"])
+    assert not ratios["host_bound"].any()  # 75 %: below HOST_BOUND_SHARE; no record: not judged
     out = StringIO()
     print_comparison(Console(file=out, width=160), ratio_rows(ok), summarise(ratio_rows(ok)))
-    assert "75 %" in out.getvalue()
+    assert "75 %" in out.getvalue() and "host-bound" not in out.getvalue()
+
+
+def test_host_bound_rows_flagged_on_either_side():
+    """A row where ours or the peer's host time nears the GPU time is flagged, and the table says so."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from deltalab.reports.compare import print_comparison
+
+    ok = pd.DataFrame([
+        dict(_row("chunk", "fwd", 2048, 0.70), host_ms=0.66), dict(_row("fla_chunk", "fwd", 2048, 0.89), host_ms=0.2),
+        dict(_row("chunk", "fwd", 4096, 0.50), host_ms=0.1), dict(_row("fla_chunk", "fwd", 4096, 0.60), host_ms=0.59),
+        dict(_row("chunk", "fwd", 8192, 0.50), host_ms=0.1), dict(_row("fla_chunk", "fwd", 8192, 0.60), host_ms=0.2),
+    ])  # fmt: skip
+    ratios = ratio_rows(ok).set_index("T")
+    assert list(ratios.sort_index()["host_bound"]) == [True, True, False]
+    assert math.isclose(ratios.loc[4096, "peer_host_share"], 0.59 / 0.60)
+    out = StringIO()
+    print_comparison(Console(file=out, width=200), ratio_rows(ok), summarise(ratio_rows(ok)))
+    assert "2 of 3 rows are host-bound" in out.getvalue()
 
 
 def test_committed_h200_results():
