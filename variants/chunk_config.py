@@ -363,7 +363,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     isz = problem.itemsize
     least = 8 if C >= 128 else 4  # [C, C] float32 tiles of 128 x 128 want 8 warps
     # (warps: the fewest whose register estimate fits, at least ``fewest``: the kernels holding [C, C]
-    # float32 tiles -- intra, grads -- spilled at 4 warps from C = 64 on, measured with ptxas for sm_90)
+    # float32 tiles spilled at 4 warps from C = 64 on, measured with ptxas for sm_90 -- the intra-chunk
+    # kernel still does; the gradient and WY kernels fit 4 in the cases noted at them)
 
     def launch(needs, bk: int, bv: int, warps_key: str, stages_key: Optional[str], fewest: int = least,
                min_stages: int = 1, scan_programs: int = 0) -> Launch:
@@ -410,7 +411,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # (reports/h200-2026-11-29-s8/): D = 64 372 -> 211 us, D = 128 421 -> 371 (4 warps, 32 x 32 tiles: 508);
     # at K = 256 8 warps and 64-wide stay (566 us; 4 warps, 32-wide key tiles: 610)
     narrow_grads = isz < 4 and C == 64 and BK <= 128
-    grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_tiles, 32 if narrow_grads and BK > 64 else 64),
+    grads_key_tiles = min(grads_tiles, 32) if narrow_grads and BK > 64 else grads_tiles
+    grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_key_tiles),
                    config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads",
                    4 if narrow_grads or C < 64 else 8)
     # the WY backward holds Tm^T, dTm and dA ([C, C]) beside its tiles: 64-wide tiles spill at K or V = 256.
