@@ -286,10 +286,11 @@ def chunk_backward(q, k, v, beta, *, scale, initial_state, cu_seqlens, do, dfina
     dk_partial = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dw = torch.empty_like(k)
     launch = plan.grads
-    chunk_grads_kernel[(layout.num_chunks, H)](
+    key_programs = triton.cdiv(K, launch.block_k) if plan.grads_key_grid else 1
+    chunk_grads_kernel[(layout.num_chunks, H, key_programs)](
         q, k, v_new, dv_new, do, states, dstates, dq, dk_partial, dw, layout.chunk_table, T, scale,
         H=H, K=K, V=V, C=C, BLOCK_K=launch.block_k, BLOCK_V=launch.block_v, IS_VARLEN=is_varlen,
-        PRECISION=plan.precision, **launch.options,
+        PRECISION=plan.precision, KEY_GRID=plan.grads_key_grid, **launch.options,
     )
 
     # B5: back through the UT transform

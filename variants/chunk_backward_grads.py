@@ -10,7 +10,8 @@
 h_c (state entering the chunk) and Vn come from the recomputing forward scan (chunk_state.py with
 STORE_STATES), dh (gradient wrt the state leaving the chunk) and dVn from the reverse scan
 (chunk_backward_state.py). The key dimension is tiled by BLOCK_K; each key tile reduces over V in
-BLOCK_V steps.
+BLOCK_V steps; with KEY_GRID (config grads_keys="grid") each key tile is a program of its own,
+program_id(2), recomputing S (the peer's split: more programs, no serial key loop).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def chunk_grads_kernel(
     q, k, vn, dvn, do, states, dstates, dq, dk_partial, dw, chunk_table, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    KEY_GRID: tl.constexpr,
 ):
-    """dQ, partial dK and dW of chunk program_id(0), head program_id(1)."""
+    """dQ, partial dK and dW of chunk program_id(0), head program_id(1): every key tile, or with KEY_GRID
+    key tile program_id(2) only."""
     head = tl.program_id(1)
     rows, tok, tmask, state_base = chunk_program_tile(tl.program_id(0), head, chunk_table, T, H, K, V, C, IS_VARLEN)
 
@@ -41,7 +44,13 @@ def chunk_grads_kernel(
     s = tl.where(rows[:, None] >= rows[None, :], s * scale, 0.0)
     s_op = s.to(k.dtype.element_ty)
 
-    for d0 in range(0, K, BLOCK_K):
+    if KEY_GRID:
+        key_start = tl.program_id(2) * BLOCK_K
+        key_stop = key_start + BLOCK_K
+    else:
+        key_start = 0
+        key_stop = K
+    for d0 in range(key_start, key_stop, BLOCK_K):
         dd = d0 + tl.arange(0, BLOCK_K)
         dmask = dd < K
         acc_dq = tl.zeros([C, BLOCK_K], dtype=tl.float32)

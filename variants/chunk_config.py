@@ -17,6 +17,10 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         (the scans' automatic stages: the deepest pipeline, up to MAX_SCAN_STAGES, that fits
                         shared memory with all their programs resident -- they wait on each chunk's loads)
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
+    grads_keys          how that kernel covers the key dimension: "loop" (default: one program per chunk and
+                        head walks its key tiles, computing S = dO Vn^T once) or "grid" (a program per key
+                        tile, each recomputing S: more programs, no serial loop -- the peer's split;
+                        untimed, see gpu-session stage profile-grads-grid)
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
     regs_intra, regs_wy registers per thread the persistent intra-chunk / WY kernels may use (0: the
                         compiler's choice, ~120 at C = 64 with 8 warps: two programs per SM). Both are
@@ -110,6 +114,7 @@ SPACE: dict[str, tuple] = {
     "block_v_grads": _TILES,
     "warps_grads": _WARPS,
     "stages_grads": _STAGES,
+    "grads_keys": ("loop", "grid"),
     "block_wy": _TILES,
     "warps_wy": _WARPS,
     "stages_wy": _STAGES,
@@ -126,7 +131,7 @@ SPACE: dict[str, tuple] = {
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
-                      save_for_backward="intermediates", output="auto")
+                      save_for_backward="intermediates", output="auto", grads_keys="loop")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -185,6 +190,7 @@ class ChunkPlan:
     wy: Launch
     output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
     inverse_kernel: Launch  # inverse="kernel": the inverse kernel's key tile (block_k), warps, stages
+    grads_key_grid: bool = False  # grads_keys="grid": a gradient program per key tile
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -430,7 +436,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
     inverse = launch(_inverse_needs, min(BK, 64), 16, "warps_inverse", None, fewest=4)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
-                     separate, intra, state, state_bwd, grads, wy, output, inverse)
+                     separate, intra, state, state_bwd, grads, wy, output, inverse, config["grads_keys"] == "grid")
 
 
 @functools.lru_cache(maxsize=1024)
