@@ -55,6 +55,8 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
             continue
         merged = mine.merge(theirs, on=["mode", *SHAPE], suffixes=("", "_peer"))
         for _, r in merged.iterrows():
+            host_share = _host_share(r.get("host_ms"), r["median_ms"])
+            peer_host_share = _host_share(r.get("host_ms_peer"), r["median_ms_peer"])
             rows.append(
                 {
                     "variant": ours,
@@ -65,13 +67,12 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
                     "peer_ms": float(r["median_ms_peer"]),
                     "ratio": float(r["median_ms_peer"]) / float(r["median_ms"]),
                     "floor_ratio": float(r.get("floor_ratio", float("nan"))),
-                    "host_share": _host_share(r["host_ms"] if "host_ms" in r else None, r["median_ms"]),
-                    "peer_host_share": _host_share(r["host_ms_peer"] if "host_ms_peer" in r else None,
-                                                   r["median_ms_peer"]),
+                    "host_share": host_share,
+                    "peer_host_share": peer_host_share,
+                    # NaN (not recorded) compares False: such a row is not judged
+                    "host_bound": host_share >= HOST_BOUND_SHARE or peer_host_share >= HOST_BOUND_SHARE,
                 }
             )
-            shares = (rows[-1]["host_share"], rows[-1]["peer_host_share"])
-            rows[-1]["host_bound"] = any(share >= HOST_BOUND_SHARE for share in shares if not math.isnan(share))
     return pd.DataFrame(rows)
 
 

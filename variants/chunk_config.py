@@ -15,7 +15,8 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         sequences x heads are few); warps_state, stages_state
     block_v_bwd         V tile per program of the reverse scan; warps_state_bwd, stages_state_bwd
                         (the scans' automatic stages: the deepest pipeline, up to MAX_SCAN_STAGES, that fits
-                        shared memory with all their programs resident -- they wait on each chunk's loads)
+                        shared memory with as many of their programs resident as two stages allow -- they
+                        wait on each chunk's loads; see _scan_stages)
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
     grads_keys          how that kernel covers the key dimension: "loop" (default: one program per chunk and
                         head walks its key tiles, computing S = dO Vn^T once) or "grid" (a program per key
@@ -190,7 +191,7 @@ class ChunkPlan:
     wy: Launch
     output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
     inverse_kernel: Launch  # inverse="kernel": the inverse kernel's key tile (block_k), warps, stages
-    grads_key_grid: bool = False  # grads_keys="grid": a gradient program per key tile
+    grads_key_grid: bool  # grads_keys="grid": a gradient program per key tile
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
