@@ -451,18 +451,25 @@ def test_automatic_block_v_takes_one_nearly_full_wave(B, H, K, block_v):
     assert plan.state.block_v == block_v
 
 
-@pytest.mark.parametrize("dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads", [
-    (torch.bfloat16, 64, 64, 4, 4, 64),
-    (torch.bfloat16, 64, 128, 4, 4, 32),   # 64-wide key tiles spill at 4 warps
-    (torch.bfloat16, 64, 256, 4, 8, 64),   # 4 warps with 32-wide key tiles: slower at K = 256
-    (torch.float32, 64, 128, 8, 8, 64),    # float32 spills more at 4 warps (untimed)
-    (torch.bfloat16, 128, 128, 8, 8, 64),  # [128, 128] float32 tiles want 8 warps
+@pytest.mark.parametrize("dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads, key_grid", [
+    (torch.bfloat16, 64, 64, 4, 4, 64, False),   # a program per key tile: slower at K = 64
+    (torch.bfloat16, 64, 128, 4, 4, 64, True),   # the key loop would take 32-wide tiles (64 spill at 4 warps);
+                                                 # a program per 64-wide key tile is faster
+    (torch.bfloat16, 64, 256, 4, 8, 64, False),  # 4 warps with 32-wide key tiles, or the key grid: slower
+    (torch.float32, 64, 128, 8, 8, 64, False),   # float32 spills more at 4 warps (untimed)
+    (torch.bfloat16, 128, 128, 8, 8, 64, False),  # [128, 128] float32 tiles want 8 warps
 ])
-def test_backward_kernels_take_the_warps_measured_faster(dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads):
+def test_backward_kernels_take_the_warps_measured_faster(dtype, chunk_size, K, warps_wy, warps_grads, block_k_grads,
+                                                         key_grid):
     """The WY and gradient kernels run 4 warps (two programs per SM) where that was measured faster on an
-    H200 (bf16, C = 64; see chunk_config) and their registers fit without spills (ptxas for sm_90)."""
-    plan = resolve_plan(dict(DEFAULT_CONFIG, chunk_size=chunk_size), Problem(B=1, T=4096, H=16, K=K, V=K, dtype=dtype))
+    H200 (bf16, C = 64; see chunk_config) and their registers fit without spills (ptxas for sm_90); the
+    gradient kernel runs a program per key tile (grads_keys="auto") where that was measured faster."""
+    problem = Problem(B=1, T=4096, H=16, K=K, V=K, dtype=dtype)
+    plan = resolve_plan(dict(DEFAULT_CONFIG, chunk_size=chunk_size), problem)
     assert (plan.wy.warps, plan.grads.warps, plan.grads.block_k) == (warps_wy, warps_grads, min(K, block_k_grads))
+    assert plan.grads_key_grid == key_grid
+    loop = resolve_plan(dict(DEFAULT_CONFIG, chunk_size=chunk_size, grads_keys="loop"), problem)
+    assert not loop.grads_key_grid and loop.grads.block_k == (32 if key_grid else plan.grads.block_k)
 
 
 @pytest.mark.parametrize("B, H, K, stages, stages_bwd", [
@@ -604,6 +611,7 @@ GPU_CASES = [
     (torch.bfloat16, 128, 128, 128),
     (torch.bfloat16, 64, 256, 48),
     (torch.float16, 64, 64, 100),
+    (torch.float16, 64, 128, 100),  # the gradient kernel's key grid (grads_keys="auto" at K = 128)
     (torch.float16, 128, 128, 256),
     (torch.float32, 32, 128, 128),
     (torch.float32, 64, 100, 256),

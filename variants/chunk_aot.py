@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import tempfile
+from typing import Optional
 
 import torch
 
@@ -75,8 +76,9 @@ def _kernels(plan, problem):
     ]
 
 
-def compile_report(config: dict, problem, arch: int = 90) -> dict:
-    """Compile every kernel of ``config`` (a full config) on ``problem`` for sm_``arch``; their resources."""
+def compile_report(config: dict, problem, arch: int = 90, dump_dir: Optional[str] = None) -> dict:
+    """Compile every kernel of ``config`` (a full config) on ``problem`` for sm_``arch``; their resources.
+    With ``dump_dir``, each kernel's Triton GPU IR, PTX and SASS go there as <name>.ttgir / .ptx / .sass."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -108,6 +110,11 @@ def compile_report(config: dict, problem, arch: int = 90) -> dict:
             f.flush()
             usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
                                    check=True).stdout
+            if dump_dir:
+                sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+                for suffix, text in (("ttgir", kernel.asm["ttgir"]), ("ptx", kernel.asm["ptx"]), ("sass", sass)):
+                    with open(os.path.join(dump_dir, f"{name}.{suffix}"), "w") as out:
+                        out.write(text)
         field = lambda key: int(re.search(key + r":(\d+)", usage).group(1))  # noqa: E731
         report[name] = {"registers": field("REG"), "spill_bytes": field("STACK") + field("LOCAL"),
                         "shared_bytes": int(kernel.metadata.shared)}
@@ -128,10 +135,13 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--config", default="{}", help="JSON: config keys over the default")
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dump", metavar="DIR", help="write each kernel's Triton GPU IR, PTX and SASS into DIR")
     args = parser.parse_args(argv)
     problem = Problem(B=args.B, T=args.T, H=args.H, K=args.K, V=args.V, dtype=getattr(torch, args.dtype))
     config = dict(DEFAULT_CONFIG, chunk_size=args.chunk_size, **json.loads(args.config))
-    print(json.dumps(compile_report(config, problem, args.arch)))
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
+    print(json.dumps(compile_report(config, problem, args.arch, args.dump)))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         shared memory with as many of their programs resident as two stages allow -- they
                         wait on each chunk's loads; see _scan_stages)
     block_k_grads, block_v_grads, warps_grads, stages_grads    the dQ/dK/dW kernel
-    grads_keys          how that kernel covers the key dimension: "loop" (default: one program per chunk and
-                        head walks its key tiles, computing S = dO Vn^T once) or "grid" (a program per key
-                        tile, each recomputing S: more programs, no serial loop -- the peer's split;
-                        untimed, see gpu-session stage profile-grads-grid)
+    grads_keys          how that kernel covers the key dimension: "loop" (one program per chunk and head walks
+                        its key tiles, computing S = dO Vn^T once), "grid" (a program per key tile, each
+                        recomputing S: more programs, no serial loop -- the peer's split; its automatic key
+                        tile is the widest that fits, the loop's may be narrower) or "auto" (default: "grid"
+                        in 16 bits at C = 64, K = 128, else "loop"). H200, bf16 fwd+bwd 1 x 16K, the kernel
+                        (reports/h200-2026-11-29-s9/): K = 128 loop 372 us (32-wide key tiles), grid 339
+                        (64-wide; 461 at 32); K = 64 loop 211, grid 333; K = 256 loop 572, grid 785
     block_wy, warps_wy, stages_wy                              the WY (UT transform) backward
     regs_intra, regs_wy registers per thread the persistent intra-chunk / WY kernels may use (0: the
                         compiler's choice, ~120 at C = 64 with 8 warps: two programs per SM). Both are
@@ -115,7 +118,7 @@ SPACE: dict[str, tuple] = {
     "block_v_grads": _TILES,
     "warps_grads": _WARPS,
     "stages_grads": _STAGES,
-    "grads_keys": ("loop", "grid"),
+    "grads_keys": ("auto", "loop", "grid"),
     "block_wy": _TILES,
     "warps_wy": _WARPS,
     "stages_wy": _STAGES,
@@ -132,7 +135,7 @@ SPACE: dict[str, tuple] = {
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
-                      save_for_backward="intermediates", output="auto", grads_keys="loop")
+                      save_for_backward="intermediates", output="auto", grads_keys="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -191,7 +194,7 @@ class ChunkPlan:
     wy: Launch
     output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
     inverse_kernel: Launch  # inverse="kernel": the inverse kernel's key tile (block_k), warps, stages
-    grads_key_grid: bool  # grads_keys="grid": a gradient program per key tile
+    grads_key_grid: bool  # a gradient program per key tile (grads_keys="grid", or "auto" where that is faster)
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -418,7 +421,10 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # (reports/h200-2026-11-29-s8/): D = 64 372 -> 211 us, D = 128 421 -> 371 (4 warps, 32 x 32 tiles: 508);
     # at K = 256 8 warps and 64-wide stay (566 us; 4 warps, 32-wide key tiles: 610)
     narrow_grads = isz < 4 and C == 64 and BK <= 128
-    grads_key_tiles = min(grads_tiles, 32) if narrow_grads and BK > 64 else grads_tiles
+    # a program per key tile: measured faster only at K = 128 in 16 bits (see grads_keys), where each
+    # program's single 64-wide key tile fits 4 warps (ptxas for sm_90: 228 registers, no spills)
+    key_grid = config["grads_keys"] == "grid" or (config["grads_keys"] == "auto" and narrow_grads and BK == 128)
+    grads_key_tiles = min(grads_tiles, 32) if narrow_grads and BK > 64 and not key_grid else grads_tiles
     grads = launch(_grads_needs, config["block_k_grads"] or min(BK, grads_key_tiles),
                    config["block_v_grads"] or min(BV, grads_tiles), "warps_grads", "stages_grads",
                    4 if narrow_grads or C < 64 else 8)
@@ -437,7 +443,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
     inverse = launch(_inverse_needs, min(BK, 64), 16, "warps_inverse", None, fewest=4)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
-                     separate, intra, state, state_bwd, grads, wy, output, inverse, config["grads_keys"] == "grid")
+                     separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid)
 
 
 @functools.lru_cache(maxsize=1024)
