@@ -45,8 +45,10 @@ TARGETS: dict[tuple[str, str], Target] = {
 
 def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
     """One row per (pair, mode, shape) measured for both sides: ours_ms, peer_ms, ratio, floor_ratio,
-    host_share and peer_host_share (host time to issue a call / median GPU time; NaN where not recorded) and
-    host_bound (either share at least HOST_BOUND_SHARE)."""
+    host_share and peer_host_share (host time to issue a call / median GPU time; NaN where not recorded),
+    host_bound (either share at least HOST_BOUND_SHARE), timing and peer_timing (how each side was timed:
+    "cuda_events", "cuda_graph", ...; "" where not recorded) and mixed_timing (both recorded, and they differ:
+    one side's host launches counted, the other's not -- ``--cuda-graph auto`` decides per call)."""
     rows = []
     for ours, peer in pairs:
         mine = ok[ok["variant"] == ours]
@@ -57,6 +59,7 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
         for _, r in merged.iterrows():
             host_share = _host_share(r.get("host_ms"), r["median_ms"])
             peer_host_share = _host_share(r.get("host_ms_peer"), r["median_ms_peer"])
+            timing, peer_timing = _timing(r.get("timing_method")), _timing(r.get("timing_method_peer"))
             rows.append(
                 {
                     "variant": ours,
@@ -71,9 +74,16 @@ def ratio_rows(ok: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
                     "peer_host_share": peer_host_share,
                     # NaN (not recorded) compares False: such a row is not judged
                     "host_bound": host_share >= HOST_BOUND_SHARE or peer_host_share >= HOST_BOUND_SHARE,
+                    "timing": timing,
+                    "peer_timing": peer_timing,
+                    "mixed_timing": bool(timing and peer_timing and timing != peer_timing),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _timing(method) -> str:
+    return "" if method is None or pd.isna(method) else str(method)
 
 
 def _host_share(host_ms, median_ms) -> float:
@@ -132,6 +142,16 @@ def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFra
             f"[yellow]{len(bound)} of {len(ratios)} rows are host-bound (ours or the peer's host time per call >= "
             f"{100 * HOST_BOUND_SHARE:.0f} % of its GPU time): their ratios measure how fast this machine's host "
             "issues calls as much as the kernels; `deltalab sweep --cuda-graph on` times the kernels alone.[/]"
+        )
+    methods = set(ratios["timing"]) | set(ratios["peer_timing"]) if "timing" in ratios else set()
+    if methods == {"cuda_graph"}:
+        console.print("Every row was timed as CUDA-graph replays on both sides: kernel time, no host launches.")
+    mixed = ratios[ratios["mixed_timing"]] if "mixed_timing" in ratios else ratios.iloc[0:0]
+    if not mixed.empty:
+        console.print(
+            f"[yellow]{len(mixed)} of {len(ratios)} rows were timed differently on the two sides (one as CUDA-graph "
+            "replays, the other with its host launches): not like for like -- sweep with `--cuda-graph on` or "
+            "`off` rather than `auto`.[/]"
         )
     totals = Table(title="geometric mean over shapes, against the targets")
     for col in ("variant", "mode", "dtype", "shapes", "geomean", "worst", "target", "met"):

@@ -78,6 +78,41 @@ def test_host_bound_rows_flagged_on_either_side():
     assert "2 of 3 rows are host-bound" in out.getvalue()
 
 
+def test_timing_methods_named_and_mixed_rows_flagged():
+    """Rows timed as CUDA-graph replays on one side and eagerly on the other are flagged (not like for like);
+    a table timed as graphs on both sides says so."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from deltalab.reports.compare import print_comparison
+
+    graphs = pd.DataFrame([
+        dict(_row("chunk", "fwd", 2048, 0.4), timing_method="cuda_graph"),
+        dict(_row("fla_chunk", "fwd", 2048, 0.6), timing_method="cuda_graph"),
+    ])  # fmt: skip
+    ratios = ratio_rows(graphs)
+    assert list(ratios["timing"]) == ["cuda_graph"] and not ratios["mixed_timing"].any()
+    out = StringIO()
+    print_comparison(Console(file=out, width=200), ratios, summarise(ratios))
+    assert "timed as CUDA-graph replays on both sides" in out.getvalue() and "not like for like" not in out.getvalue()
+
+    mixed = pd.DataFrame([
+        dict(_row("chunk", "fwd", 2048, 0.4), timing_method="cuda_graph"),
+        dict(_row("fla_chunk", "fwd", 2048, 0.6), timing_method="cuda_events"),
+        dict(_row("chunk", "fwd", 4096, 0.4), timing_method="cuda_events"),
+        dict(_row("fla_chunk", "fwd", 4096, 0.6), timing_method="cuda_events"),
+        _row("chunk", "fwd", 8192, 0.4), _row("fla_chunk", "fwd", 8192, 0.6),  # not recorded: not judged
+    ])  # fmt: skip
+    ratios = ratio_rows(mixed).set_index("T")
+    assert list(ratios.sort_index()["mixed_timing"]) == [True, False, False]
+    assert ratios.loc[8192, "timing"] == ""
+    out = StringIO()
+    print_comparison(Console(file=out, width=200), ratio_rows(mixed), summarise(ratio_rows(mixed)))
+    assert "1 of 3 rows were timed differently" in out.getvalue()
+    assert "CUDA-graph replays on both sides" not in out.getvalue()
+
+
 def test_committed_h200_results():
     """The committed H200 sweep: recurrent beats the peer's fused_recurrent >= 2x, chunk misses its target."""
     summary = summarise(ratio_rows(load_results([H200]).ok)).set_index(["variant", "mode"])

@@ -78,8 +78,11 @@ def _problem(q: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, varlen: bool
 
 
 # Programs per SM of the persistent per-chunk kernels: enough resident programs to hide each one's
-# barrier and load latency; their workspaces (programs x C x C float32) stay small enough for L2.
-PROGRAMS_PER_SM = 8
+# barrier and load latency; their workspaces (programs x C x C float32) stay small enough for L2. A multiple
+# of how many fit an SM at once (ptxas for sm_90, 16 bits: the inverse kernel 3, the intra-chunk kernel 3-4,
+# the WY kernel 2): the programs start in order as others end, so with 8 where 3 fit, the last of three
+# rounds runs two thirds full -- ~16 % over an even spread of the tiles (.ci/probes/programs_per_sm.py).
+PROGRAMS_PER_SM = 12
 
 
 def persistent_grid(num_tiles: int, chunk_size: int, device, workspace: bool) -> tuple[int, torch.Tensor]:

@@ -405,6 +405,9 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         config["output"] == "auto" and BK > WIDE_KEY_TILE and isz < 4
         and scan_block_v("block_v", _state_no_output_needs, True) > 16)
     state_needs = _state_no_output_needs if separate else _state_needs
+    # the scans' warps: the fewest whose registers fit (4 in 16 bits). At K = 256, 8 warps (ptxas for sm_90:
+    # 181 -> 130 registers) measured slower on an H200 (bf16, reports/h200-2026-11-29-s9/): forward scan
+    # 224 -> 298 us at 4 x 4K (64-wide at 8: 273), reverse scan 673 -> 823 at 2 x 8K
     block_v = scan_block_v("block_v", state_needs, separate and isz < 4)
     state = launch(state_needs, BK, block_v, "warps_state", "stages_state", min_stages=scan_stages,
                    scan_programs=programs * -(-BV // block_v))
