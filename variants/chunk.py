@@ -81,7 +81,8 @@ def _problem(q: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, varlen: bool
 # barrier and load latency; their workspaces (programs x C x C float32) stay small enough for L2. A multiple
 # of how many fit an SM at once (ptxas for sm_90, 16 bits: the inverse kernel 3, the intra-chunk kernel 3-4,
 # the WY kernel 2): the programs start in order as others end, so with 8 where 3 fit, the last of three
-# rounds runs two thirds full -- ~16 % over an even spread of the tiles (.ci/probes/programs_per_sm.py).
+# rounds runs two thirds full. H200, bf16 (.ci/probes/programs_per_sm.py, reports/h200-2026-11-29-s9/):
+# 8 -> 12 took the inverse kernel 221 -> 208 us at D = 64, 119 -> 110 at D = 128; the WY kernel unchanged.
 PROGRAMS_PER_SM = 12
 
 
