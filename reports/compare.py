@@ -120,7 +120,7 @@ def summarise(ratios: pd.DataFrame) -> pd.DataFrame:
 
 
 def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFrame, caption: str = "") -> None:
-    """The per-shape ratio table and the summary against the targets."""
+    """The per-shape ratio table (``ratio_rows``' columns) and the summary against the targets."""
     if ratios.empty:
         console.print("[yellow]no shape was measured for both one of ours and its peer (fla_chunk, fla_recurrent)[/]")
         return
@@ -133,20 +133,19 @@ def print_comparison(console: Console, ratios: pd.DataFrame, summary: pd.DataFra
             r["variant"], r["mode"], str(r["dtype"]), f"{r['B']} x {r['T']}", str(r["H"]), str(r["K"]), str(r["V"]),
             number(r["ours_ms"]), number(r["peer_ms"]), speedup_text(r["ratio"]),
             "-" if math.isnan(r["floor_ratio"]) else f"{r['floor_ratio']:.1f}",
-            "-" if math.isnan(r.get("host_share", float("nan"))) else f"{100 * r['host_share']:.0f} %",
+            "-" if math.isnan(r["host_share"]) else f"{100 * r['host_share']:.0f} %",
         )  # fmt: skip
     console.print(table)
-    bound = ratios[ratios["host_bound"]] if "host_bound" in ratios else ratios.iloc[0:0]
+    bound = ratios[ratios["host_bound"]]
     if not bound.empty:
         console.print(
             f"[yellow]{len(bound)} of {len(ratios)} rows are host-bound (ours or the peer's host time per call >= "
             f"{100 * HOST_BOUND_SHARE:.0f} % of its GPU time): their ratios measure how fast this machine's host "
             "issues calls as much as the kernels; `deltalab sweep --cuda-graph on` times the kernels alone.[/]"
         )
-    methods = set(ratios["timing"]) | set(ratios["peer_timing"]) if "timing" in ratios else set()
-    if methods == {"cuda_graph"}:
+    if set(ratios["timing"]) | set(ratios["peer_timing"]) == {"cuda_graph"}:
         console.print("Every row was timed as CUDA-graph replays on both sides: kernel time, no host launches.")
-    mixed = ratios[ratios["mixed_timing"]] if "mixed_timing" in ratios else ratios.iloc[0:0]
+    mixed = ratios[ratios["mixed_timing"]]
     if not mixed.empty:
         console.print(
             f"[yellow]{len(mixed)} of {len(ratios)} rows were timed differently on the two sides (one as CUDA-graph "
