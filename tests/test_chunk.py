@@ -237,6 +237,59 @@ def test_separate_output_matches_reference(poisoned_empty, chunk_size, dtype, bl
     assert torch.equal(out["final_state"], fused["final_state"])  # the same scan
 
 
+@pytest.mark.parametrize("chunk_size, dtype, block_v_tm", [(32, torch.float32, 16), (64, torch.float16, 0)])
+def test_tm_scan_matches_reference(poisoned_empty, chunk_size, dtype, block_v_tm):
+    """forward_scan="tm": the inference forward's scan forms Vn = Tm diag(b) (V - K h) and Aqk from its own
+    K and Q tiles (no intra-chunk kernel): the reference's answers on packed sequences with initial states
+    and partial chunks (three V tiles with block_v_tm=16), close to the W / U scan's; a differentiated call
+    keeping its intermediates runs the W / U scan (the same bits), one keeping only its inputs the Tm scan."""
+    problem = Problem(B=1, T=130, H=2, K=40, V=48, dtype=dtype, num_seqs=3, varlen=True, device=DEVICE)
+    inputs = random_inputs(problem, seed=18, device=DEVICE)
+    inputs.cu_seqlens = torch.tensor([0, 50, 50 + chunk_size + 3, 130], dtype=torch.int32, device=DEVICE)
+    config = {"chunk_size": chunk_size, "input_precision": "ieee", "forward_scan": "tm", "block_v_tm": block_v_tm}
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).tm_scan
+    out = run_op("chunk", inputs, config, backward=False)
+    ref = run_op("reference", inputs.to(torch.float64), backward=False)
+    assert_close(out, ref, dtype, label="tm scan")
+    wu = run_op("chunk", inputs, dict(config, forward_scan="wu"), backward=False)
+    assert not torch.equal(out["o"], wu["o"])  # a different kernel ran
+    assert rel_error(out["o"], wu["o"]) <= tolerance(dtype)
+    trained = run_op("chunk", inputs, config)
+    assert torch.equal(trained["o"], wu["o"])
+    assert_close(trained, run_op("reference", inputs.to(torch.float64)), dtype, label="tm scan, training")
+    recomputing = run_op("chunk", inputs, dict(config, save_for_backward="inputs"))
+    assert torch.equal(recomputing["o"], out["o"])
+
+
+@pytest.mark.parametrize("B, K, dtype, tm", [
+    (8, 64, torch.bfloat16, True),     # 64-wide tiles
+    (2, 64, torch.bfloat16, True),     # 32-wide
+    (1, 64, torch.bfloat16, False),    # 16-wide: the longer chain per step costs more than the kernel saved
+    (4, 128, torch.bfloat16, True),
+    (1, 128, torch.float16, False),
+    (8, 256, torch.bfloat16, True),
+    (8, 128, torch.float32, False),    # unmeasured in float32
+])
+def test_auto_forward_scan_is_tm_where_its_tiles_are_wide(B, K, dtype, tm):
+    problem = Problem(B=B, T=16384 // B, H=2048 // K, K=K, V=K, dtype=dtype)
+    plan = resolve_plan(DEFAULT_CONFIG, problem)
+    assert plan.tm_scan is tm
+    assert (plan.scan_tm.block_v >= 32) is (tm or dtype == torch.float32)
+    assert not resolve_plan(dict(DEFAULT_CONFIG, forward_scan="wu"), problem).tm_scan
+    assert not resolve_plan(dict(DEFAULT_CONFIG, chunk_size=32), problem).tm_scan
+    assert constraints(DEFAULT_CONFIG, problem) is None
+
+
+def test_tm_scan_config_is_checked():
+    problem = Problem(B=1, T=256, H=2, K=64, V=64, dtype=torch.bfloat16)
+    assert "output=\"separate\" needs" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", output="separate"), problem)
+    assert not resolve_plan(dict(DEFAULT_CONFIG, output="separate"), problem).tm_scan
+    assert "block_v_tm=128 exceeds V=64" in constraints(dict(DEFAULT_CONFIG, block_v_tm=128), problem)
+    wide = Problem(B=1, T=256, H=2, K=256, V=256, dtype=torch.bfloat16)
+    assert "stages_tm=1" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", stages_tm=1), wide)
+    assert "forward_scan='tm'" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", block_v_tm=128, warps_tm=1), wide)
+
+
 def test_separate_output_widens_the_scan_at_wide_key_dims():
     """Without Q and Aqk tiles the forward scan fits 32-wide V tiles at three stages (64-wide at two) at
     K = V = 256 in bf16 (the fused scan: 16-wide), when there are programs enough to fill the SMs."""
@@ -564,9 +617,10 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     report = _aot_report(*shape, "--chunk-size", "64")
     # the default builds Tm in the inverse kernel (the intra-chunk kernel and the WY kernel load it);
     # "state_keep" is the forward scan of a differentiated call (output, states and Vn)
-    separate = {"output"} if "256" in shape else set()
+    # at D = 256, B = 4 also the inference forward's Tm scan (forward_scan="auto": 32-wide tiles, 4 warps)
+    wide = {"output", "scan_tm"} if "256" in shape else set()
     assert set(report) == {"inverse", "intra", "state", "state_keep", "state_recompute", "state_bwd", "grads",
-                           "wy"} | separate
+                           "wy"} | wide
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -660,6 +714,32 @@ def test_gpu_separate_output(poisoned_empty, dtype, K, B, tiles):
     assert_close(out, run_op("reference", inputs.to(torch.float64)), dtype, label=f"separate output K={K} {tiles}")
     inference = run_op("chunk", inputs, config, backward=False)
     assert torch.equal(inference["o"], out["o"])
+
+
+GPU_TM_CASES = [
+    # dtype, K, B, tiles: the automatic tiles (64-wide at B = 8), then explicit ones
+    (torch.bfloat16, 64, 8, {}), (torch.bfloat16, 128, 8, {}), (torch.bfloat16, 256, 8, {}), (torch.bfloat16, 256, 1, {}),
+    (torch.float16, 100, 2, {"block_v_tm": 32, "warps_tm": 8}), (torch.float32, 128, 2, {}), (torch.float32, 256, 1, {}),
+    (torch.bfloat16, 256, 4, {"block_v_tm": 64, "warps_tm": 8}), (torch.bfloat16, 128, 4, {"block_v_tm": 16, "stages_tm": 4}),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, B, tiles", GPU_TM_CASES,
+                         ids=[f"{str(c[0])[6:]}-K{c[1]}-B{c[2]}-{len(c[3])}" for c in GPU_TM_CASES])
+def test_gpu_tm_scan(poisoned_empty, dtype, K, B, tiles):
+    """forward_scan="tm" (inference: Tm applied in the scan, no intra-chunk kernel) on the GPU: against
+    the reference, close to the W / U scan (the sweep's chunk rows time this path), packed sequences
+    included."""
+    problem = Problem(B=B, T=500, H=8, K=K, V=K, dtype=dtype, device="cuda")
+    inputs = random_inputs(problem, seed=19, device="cuda")
+    config = {"forward_scan": "tm", **tiles}
+    out = run_op("chunk", inputs, config, backward=False)
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), dtype, label=f"tm K={K} {tiles}")
+    wu = run_op("chunk", inputs, dict(config, forward_scan="wu"), backward=False)
+    assert rel_error(out["o"], wu["o"]) <= tolerance(dtype)
+    packed = Problem(B=1, T=1000, H=4, K=K, V=K, dtype=dtype, num_seqs=7, varlen=True, device="cuda")
+    check_against_reference(packed, config, seed=23, backward=False)
 
 
 @pytest.mark.gpu

@@ -6,7 +6,8 @@ Forward, two kernels (../shared/deltanet.md):
   2. chunk_state.py  -- per (V tile, sequence, head), sequential over chunks: Vn = U - W h,
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
 With output="separate" the scan stores h_c and Vn instead of computing O, and a third kernel
-(chunk_output.py) computes O for all chunks in parallel.
+(chunk_output.py) computes O for all chunks in parallel. Inference forwards with forward_scan="tm" run
+chunk_inverse_kernel (Tm) and chunk_scan_tm.py, which applies Tm inside the scan: no W, U or Aqk.
 Backward, five kernels. What the backward needs from the forward -- W, U, Aqk, Tm, every chunk's entering
 state h_c and Vn -- the forward keeps when the call will be differentiated (save_for_backward=
 "intermediates", the default: the forward's kernels also store Tm, h_c and Vn, and stages 1-2 below are
@@ -38,6 +39,7 @@ from .chunk_backward_wy import chunk_wy_bwd_kernel
 from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
 from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
 from .chunk_output import chunk_output_kernel
+from .chunk_scan_tm import chunk_scan_tm_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
@@ -153,14 +155,7 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
         is_varlen = layout.chunk_table is not None
         inverse, tm = plan.inverse, tm_out
         if inverse == "kernel":  # Tm first, by a kernel of its own; the intra-chunk kernel reads it
-            if tm is None:
-                tm = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
-            programs, scratch = persistent_grid(num_tiles, C, k.device, True)
-            chunk_inverse_kernel[(programs,)](
-                k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
-                BLOCK_K=plan.inverse_kernel.block_k, IS_VARLEN=is_varlen, PRECISION=plan.precision,
-                INV_PRECISION=plan.precision, **plan.inverse_kernel.options,
-            )
+            tm = _inverse(plan, layout, k, beta, tm)
             inverse = "load"
         launch = plan.intra
         programs, scratch = persistent_grid(num_tiles, C, k.device, inverse == "workspace")
@@ -171,6 +166,38 @@ def _intra(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, scale: float,
             STORE_TM=tm is not None and inverse != "load", INVERSE=inverse, **launch.options,
         )
     return w, u, aqk
+
+
+def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Tm [B,T,H,C] (into ``tm`` when given) in the input dtype, by chunk_inverse_kernel."""
+    B, T, H, K = k.shape
+    C = plan.chunk_size
+    if tm is None:
+        tm = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
+    num_tiles = layout.num_chunks * H
+    programs, scratch = persistent_grid(num_tiles, C, k.device, True)
+    chunk_inverse_kernel[(programs,)](
+        k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
+        BLOCK_K=plan.inverse_kernel.block_k, IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision,
+        INV_PRECISION=plan.precision, **plan.inverse_kernel.options,
+    )
+    return tm
+
+
+def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, scale: float, initial_state,
+             output: torch.Tensor, final_state: Optional[torch.Tensor]) -> None:
+    """The inference forward with forward_scan="tm": Tm by the inverse kernel, then chunk_scan_tm.py writes
+    ``output`` (and ``final_state`` when given)."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    tm = _inverse(plan, layout, k, beta)
+    launch = plan.scan_tm
+    chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * H)](
+        q, k, v, beta, tm, output, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T, scale,
+        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
+        HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
+        PRECISION=plan.precision, **launch.options,
+    )
 
 
 def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, scale: float, initial_state,
@@ -221,7 +248,11 @@ def _forward(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens
             final_state.copy_(initial_state if initial_state is not None else torch.zeros_like(final_state))
         return o, final_state, None
     residual, states, v_new = None, None, None
-    if keep_residuals and config["save_for_backward"] == "intermediates":
+    keep = keep_residuals and config["save_for_backward"] == "intermediates"
+    if plan.tm_scan and not keep:  # nothing kept for a backward: the scan that applies Tm itself
+        _scan_tm(plan, layout, cu_seqlens, q, k, v, beta, scale, initial_state, o, final_state)
+        return o, final_state, None
+    if keep:
         residual, kept = Intermediates.allocate(plan, layout, q, v)
         w, u, aqk = _intra(plan, layout, q, k, v, beta, scale, tm_out=kept.tm, out=kept)
         states, v_new = kept.states, kept.v_new

@@ -35,6 +35,7 @@ def _kernels(plan, problem):
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
+    from .chunk_scan_tm import chunk_scan_tm_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
     common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
@@ -47,16 +48,20 @@ def _kernels(plan, problem):
     from_kernel = plan.inverse == "kernel"
     intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr,
                  INVERSE="load" if from_kernel else plan.inverse)
+    # the inverse kernel runs for inverse="kernel" and for forward_scan="tm" (inference)
     inverse = [("inverse", chunk_inverse_kernel, {**ints, **f32("scratch")}, {"T": "i32", "num_tiles": "i32"},
                 dict(common, BLOCK_K=plan.inverse_kernel.block_k, PRECISION=pr, INV_PRECISION=pr), plan.inverse_kernel)
-               ] if from_kernel else []
+               ] if from_kernel or plan.tm_scan else []
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
                 ] if plan.separate_output else []
     stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
                dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm and not from_kernel else []
-    return separate + inverse + stored + [
+    tm_scan = [("scan_tm", chunk_scan_tm_kernel, {**ints, **f32("h0", "ht")}, scalars,
+                dict(scan, BLOCK_V=plan.scan_tm.block_v, HAS_H0=True, STORE_HT=True), plan.scan_tm)
+               ] if plan.tm_scan else []
+    return tm_scan + separate + inverse + stored + [
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,
          dict(scan, BLOCK_V=plan.state.block_v, HAS_H0=True, STORE_HT=True, COMPUTE_O=fused, STORE_STATES=not fused),

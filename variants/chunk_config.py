@@ -75,6 +75,20 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         the separate output kernel's V tile (up to 256: one program per chunk and head at
                         V = 256), warps and stages (0: 64-wide, the fewest warps whose registers fit, two
                         stages where they fit)
+    forward_scan        the scan of inference forwards (calls that keep nothing for a backward): "wu" (the
+                        intra-chunk kernel writes W, U and Aqk, the scan reads them: chunk_state.py), "tm" (the
+                        scan forms Vn = Tm diag(b) (V - K h) and Aqk from its own K, V, Q tiles and the inverse
+                        kernel's Tm: no intra-chunk kernel, no W / U / Aqk round trip, a longer chain per chunk
+                        step: chunk_scan_tm.py) or "auto" (default: "tm" in 16 bits at C = 64 where its automatic
+                        V tile is at least TM_SCAN_MIN_BLOCK_V wide, unless output="separate"). A differentiated
+                        call keeping its intermediates always runs "wu". H200, bf16 forward kernel time
+                        (reports/h200-2026-11-29-s10/), wu -> tm: D = 64 8 x 2K 441 -> 331 us, 4 x 4K 436 ->
+                        352, 2 x 8K 454 -> 438 (32-wide), 1 x 16K 520 -> 606 (16-wide); D = 128 8 x 2K 338 -> 278,
+                        2 x 8K 394 -> 384, 1 x 16K 505 -> 566; D = 256 8 x 2K 551 -> 475, 1 x 16K 809 -> 798
+    block_v_tm, warps_tm, stages_tm
+                        the Tm scan's V tile, warps, stages (0: the widest tile <= 64 keeping 7/8 of the SMs
+                        busy that fits the scan's fewest stages, the deepest pipeline that then fits, the
+                        fewest warps whose registers fit; 8 warps measured 1.3-2x slower than 4 where 4 fit)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -131,11 +145,16 @@ SPACE: dict[str, tuple] = {
     "block_v_output": _TILES + (256,),
     "warps_output": _WARPS,
     "stages_output": _STAGES,
+    "forward_scan": ("auto", "wu", "tm"),
+    "block_v_tm": _TILES,
+    "warps_tm": _WARPS,
+    "stages_tm": _STAGES,
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
-                      save_for_backward="intermediates", output="auto", grads_keys="auto")
+                      save_for_backward="intermediates", output="auto", grads_keys="auto",
+                      forward_scan="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -195,6 +214,8 @@ class ChunkPlan:
     output: Launch  # the separate output kernel's tiles (block_k x block_v), warps, stages
     inverse_kernel: Launch  # inverse="kernel": the inverse kernel's key tile (block_k), warps, stages
     grads_key_grid: bool  # a gradient program per key tile (grads_keys="grid", or "auto" where that is faster)
+    tm_scan: bool  # inference forwards run chunk_scan_tm.py (forward_scan="tm", or "auto" where that is faster)
+    scan_tm: Launch  # its V tile, warps, stages
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -227,6 +248,17 @@ def _state_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int, wi
     # the float32 state, its input-dtype copy for the products, Vn / O, and the W / Q tiles: at K = 256
     # with 32-wide V tiles this asks for 8 warps (4 spill on sm_90)
     regs = (BK * bv * (1 + isz / 4) + 2 * C * bv + (2 if with_output else 1) * C * BK * isz / 4) / (32 * warps)
+    return smem, regs
+
+
+def _scan_tm_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """Inference scan with forward_scan="tm" (chunk_scan_tm.py): K, Q, V and Tm tiles per chunk step; the
+    state, X, Vn and Aqk converted through shared memory for the tensor cores (16-bit inputs); in registers
+    the float32 state and its copy, K h / O / Vn accumulators and Q K^T."""
+    loop = [isz * C * BK] * 2 + [isz * C * bv, isz * C * C]
+    convert = isz * (BK * bv + 2 * C * bv + C * C) if isz < 4 else isz * C * (bv + C)
+    smem = _pipelined(stages, loop) + convert
+    regs = (BK * bv * (1 + isz / 4) + 3 * C * bv + C * C) / (32 * warps)
     return smem, regs
 
 
@@ -353,6 +385,11 @@ def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fi
     return min(16, value_tile)
 
 
+# forward_scan="auto" takes the Tm scan where its automatic V tile is at least this wide: with 16-wide tiles
+# (few sequences x heads) its longer chain per chunk step costs more than the intra-chunk kernel it saves
+TM_SCAN_MIN_BLOCK_V = 32
+
+
 def resolve_plan(config: Config, problem: Problem) -> ChunkPlan:
     """Concrete tiles, warps and stages for ``problem`` (0 = automatic choices resolved here). Memoised:
     every call of the op resolves its plan twice (constraints, then the launch) forward and backward,
@@ -445,8 +482,22 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                     "stages_output", fewest=4)
     # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
     inverse = launch(_inverse_needs, min(BK, 64), 16, "warps_inverse", None, fewest=4)
+    # the inference forward's scan: "tm" applies Tm itself (no intra-chunk kernel); never with an explicit
+    # separate output
+    # the Tm scan's tile must also fit 4 warps' registers: 8 warps measured slower, and at K = 256 the 64-wide
+    # tile spills at 8 (ptxas for sm_90: 255 registers, 216 bytes; 32-wide at 4: 219, none; the same time)
+    block_v_tm = config["block_v_tm"] or _auto_block_v(
+        programs, BV, BK, lambda bv: _scan_tm_needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit
+        and _scan_tm_needs(C, BK, bv, isz, 1, 4)[1] <= _MAX_REGS, True)
+    # "auto": the Tm scan in 16 bits at C = 64 where its V tiles are at least 32 wide (see forward_scan)
+    tm_scan = config["forward_scan"] == "tm" or (
+        config["forward_scan"] == "auto" and config["output"] != "separate" and isz < 4 and C == 64
+        and block_v_tm >= TM_SCAN_MIN_BLOCK_V)
+    scan_tm = launch(_scan_tm_needs, BK, block_v_tm, "warps_tm", "stages_tm", min_stages=scan_stages,
+                     scan_programs=programs * -(-BV // block_v_tm))
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
-                     separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid)
+                     separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm)
+
 
 
 @functools.lru_cache(maxsize=1024)
@@ -459,13 +510,17 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         ("block_v", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_bwd", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_output", BV, f"V={problem.V} padded to {BV}"),
+        ("block_v_tm", BV, f"V={problem.V} padded to {BV}"),
         ("block_k_grads", BK, f"K={problem.K} padded to {BK}"),
         ("block_v_grads", BV, f"V={problem.V} padded to {BV}"),
     ):
         if config.get(key, 0) > limit:
             return f"tile {key}={config[key]} exceeds {what}"
     scan_stages = scan_min_stages(BK, problem.itemsize)
-    for key in ("stages_state", "stages_state_bwd"):
+    if config.get("forward_scan") == "tm" and config.get("output") == "separate":
+        return ('forward_scan="tm" computes the output in its scan; output="separate" needs forward_scan="wu" '
+                'or "auto"')
+    for key in ("stages_state", "stages_state_bwd", "stages_tm"):
         if 0 < config.get(key, 0) < scan_stages:
             return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "
                     f"H200 below {scan_stages} pipeline stages at such key dims; use {scan_stages}+ (or 0)")
@@ -482,13 +537,15 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
     ]
     if plan.separate_output:
         checks.append(("output kernel", "output", _output_needs))
-    if plan.inverse == "kernel":
+    if plan.tm_scan:
+        checks.append(("inference scan (forward_scan='tm')", "scan_tm", _scan_tm_needs))
+    if plan.inverse == "kernel" or plan.tm_scan:
         checks.append(("inverse kernel", "inverse_kernel", _inverse_needs))
     for name, suffix, needs in checks:
         launch = getattr(plan, suffix)
         smem, regs = needs(C, launch.block_k, launch.block_v, isz, launch.stages, launch.warps)
         if smem > smem_limit:
-            fewest = scan_stages if suffix in ("state", "state_bwd") else 1
+            fewest = scan_stages if suffix in ("state", "state_bwd", "scan_tm") else 1
             lower = "tiles or chunk_size" if launch.stages <= fewest else "stages, tiles or chunk_size"
             return (
                 f"{name} needs ~{smem // 1024} KB shared memory (chunk_size={C}, stages={launch.stages}, "

@@ -1,0 +1,77 @@
+"""The inference forward's scan with forward_scan="tm": the scan applies the UT transform itself.
+
+W and U (chunk_intra.py) are both Tm diag(b) times a chunk tile, so (../shared/deltanet.md)
+
+    Vn = U - W h_c = Tm diag(b) (V - K h_c)
+
+and the scan needs only K, V, b and Tm (chunk_inverse_kernel's, in the input dtype) where the other form
+(chunk_state.py) reads W, U and Aqk from the intra-chunk kernel. Per chunk, for V tile program_id(0) of
+(sequence, head) program_id(1), the state slice h [K, BLOCK_V] in float32 registers:
+
+    X       = diag(b) (V - K h_c)                 [C, BLOCK_V]   rounded to the input dtype
+    Vn      = Tm X                                [C, BLOCK_V]   rounded to the input dtype
+    O       = scale Q h_c + Aqk Vn                [C, BLOCK_V]   Aqk = scale (Q K^T) (.) M from the same tiles
+    h_{c+1} = h_c + K^T Vn
+
+One K tile serves K h_c, Q K^T and K^T Vn. The forward then runs two kernels (inverse, this scan) and
+writes nothing but O (and the final state): no W, U or Aqk round trip through memory, at the price of a
+third product on the scan's chain (Tm X, [C, C] x [C, BLOCK_V]) and Q K^T recomputed by every V tile.
+A differentiated call keeps W, U and Aqk for its backward, so it runs the other form.
+
+Aqk written by the inverse kernel instead (from the K tiles it loads anyway) measured slower on an H200:
+the scan gained 4-7 % but the inverse kernel, at 198 registers a thread instead of 165, fits two programs
+per SM instead of three: bf16 forward D = 64 8 x 2K 328 -> 388 us, D = 256 4 x 4K 475 -> 487
+(reports/h200-2026-11-29-s10/).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .chunk_state import scan_tile
+
+
+@triton.jit
+def chunk_scan_tm_kernel(
+    q, k, v, beta, tm, o, h0, ht, cu_seqlens, chunk_offsets, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """O of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K (one key tile)."""
+    head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
+        cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
+    )
+    state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0 + state_base + state_offs, mask=state_mask, other=0.0)
+    rows = tl.arange(0, C)
+    causal = rows[:, None] >= rows[None, :]
+
+    for c in range(num_chunks):
+        tok = start + c * C + rows
+        tmask = tok < end
+        key_mask = tmask[:, None] & kmask[None, :]
+        value_mask = tmask[:, None] & vmask[None, :]
+        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
+        q_tile = tl.load(q + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
+        v_tile = tl.load(v + (tok * H + head)[:, None] * V + dv[None, :], mask=value_mask, other=0.0)
+        b = tl.load(beta + tok * H + head, mask=tmask, other=0.0).to(tl.float32)
+        # rows past the sequence's end load as zeros: Tm is lower triangular, so valid rows never meet them
+        tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :], mask=tmask[:, None], other=0.0)
+
+        state_op = state.to(k.dtype.element_ty)
+        k_state = tl.dot(k_tile, state_op, input_precision=PRECISION)  # [C, BLOCK_V]
+        x = ((v_tile.to(tl.float32) - k_state) * b[:, None]).to(k.dtype.element_ty)
+        v_new = tl.dot(tm_tile, x, input_precision=PRECISION).to(k.dtype.element_ty)
+        # off the chain from one chunk's state to the next: Aqk and the inter-chunk part of O
+        qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+        aqk_tile = tl.where(causal, qk * scale, 0.0).to(k.dtype.element_ty)
+        out = tl.dot(q_tile, state_op, input_precision=PRECISION) * scale
+        out = tl.dot(aqk_tile, v_new, out, input_precision=PRECISION)
+        tl.store(o + (tok * H + head)[:, None] * V + dv[None, :], out.to(o.dtype.element_ty), mask=value_mask)
+        state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
+
+    if STORE_HT:
+        tl.store(ht + state_base + state_offs, state, mask=state_mask)
