@@ -169,6 +169,26 @@ def test_inf_in_a_gradient_fails(temp_variant):
     assert result.errors["dk"] == float("inf") and result.reason.startswith("dk: 1 of ")
 
 
+def test_a_wrong_inference_forward_fails(temp_variant):
+    """A variant whose inference call (nothing kept for a backward) runs other, broken code while its
+    differentiated call is right: the check's second, inference call catches it."""
+    healthy = autograd_backward(torch_chunk_forward)
+
+    def forward(q, k, v, beta, keep_residuals=False, **kw):
+        o, final_state = torch_chunk_forward(q, k, v, beta, **kw)
+        return (o if keep_residuals else o * 1.01), final_state, None
+
+    def backward(*args, residual=None, **kw):
+        return healthy(*args, **kw)
+
+    name = temp_variant("test_wrong_inference", forward, backward=backward, keeps_residuals=True)
+    result = check_variant(name, SMALL)
+    assert not result.passed
+    assert result.reason.startswith("o: ") and result.reason.endswith("(inference call)"), result.reason
+    assert result.errors["o"] > result.tolerances["o"] and result.errors["dq"] < result.tolerances["dq"]
+    assert check_variant(name, SMALL, backward=False).errors["o"] > result.tolerances["o"]
+
+
 def test_ignoring_the_initial_state_fails(temp_variant):
     def forward(q, k, v, beta, *, initial_state, **kw):
         return torch_chunk_forward(q, k, v, beta, initial_state=None, **kw)

@@ -87,8 +87,9 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         2 x 8K 394 -> 384, 1 x 16K 505 -> 566; D = 256 8 x 2K 551 -> 475, 1 x 16K 809 -> 798
     block_v_tm, warps_tm, stages_tm
                         the Tm scan's V tile, warps, stages (0: the widest tile <= 64 keeping 7/8 of the SMs
-                        busy that fits the scan's fewest stages, the deepest pipeline that then fits, the
-                        fewest warps whose registers fit; 8 warps measured 1.3-2x slower than 4 where 4 fit)
+                        busy that fits the scan's fewest stages and 4 warps' registers, the deepest pipeline
+                        that then fits, the fewest warps whose registers fit; 8 warps measured 1.3-2x slower
+                        than 4 where 4 fit)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -482,14 +483,14 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                     "stages_output", fewest=4)
     # inverse="kernel": the inverse alone, 4 warps where its registers fit (more programs per SM)
     inverse = launch(_inverse_needs, min(BK, 64), 16, "warps_inverse", None, fewest=4)
-    # the inference forward's scan: "tm" applies Tm itself (no intra-chunk kernel); never with an explicit
-    # separate output
-    # the Tm scan's tile must also fit 4 warps' registers: 8 warps measured slower, and at K = 256 the 64-wide
-    # tile spills at 8 (ptxas for sm_90: 255 registers, 216 bytes; 32-wide at 4: 219, none; the same time)
+    # the inference forward's Tm scan (forward_scan). Its automatic tile must also fit 4 warps' registers:
+    # 8 warps measured slower, and at K = 256 the 64-wide tile spills at 8 (ptxas for sm_90: 255 registers,
+    # 216 bytes; 32-wide at 4 warps: 219, none; the same time on an H200)
     block_v_tm = config["block_v_tm"] or _auto_block_v(
         programs, BV, BK, lambda bv: _scan_tm_needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit
         and _scan_tm_needs(C, BK, bv, isz, 1, 4)[1] <= _MAX_REGS, True)
-    # "auto": the Tm scan in 16 bits at C = 64 where its V tiles are at least 32 wide (see forward_scan)
+    # "auto": the Tm scan in 16 bits at C = 64 where its V tiles are at least 32 wide, never with an explicit
+    # separate output (see forward_scan)
     tm_scan = config["forward_scan"] == "tm" or (
         config["forward_scan"] == "auto" and config["output"] != "separate" and isz < 4 and C == 64
         and block_v_tm >= TM_SCAN_MIN_BLOCK_V)
@@ -497,7 +498,6 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      scan_programs=programs * -(-BV // block_v_tm))
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm)
-
 
 
 @functools.lru_cache(maxsize=1024)
