@@ -717,7 +717,7 @@ def test_gpu_separate_output(poisoned_empty, dtype, K, B, tiles):
 
 
 GPU_TM_CASES = [
-    # dtype, K, B, tiles: the automatic tiles (64-wide at B = 8), then explicit ones
+    # dtype, K, B, tiles: the automatic tiles (32-64 wide at B = 8, 16 at B = 1), then explicit ones
     (torch.bfloat16, 64, 8, {}), (torch.bfloat16, 128, 8, {}), (torch.bfloat16, 256, 8, {}), (torch.bfloat16, 256, 1, {}),
     (torch.float16, 100, 2, {"block_v_tm": 32, "warps_tm": 8}), (torch.float32, 128, 2, {}), (torch.float32, 256, 1, {}),
     (torch.bfloat16, 256, 4, {"block_v_tm": 64, "warps_tm": 8}), (torch.bfloat16, 128, 4, {"block_v_tm": 16, "stages_tm": 4}),
