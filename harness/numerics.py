@@ -393,6 +393,8 @@ def check_variant(
     # a differentiated call, then (with a backward) an inference call: variants may run other kernels when
     # nothing is kept for a backward (chunk's inference forward applies Tm in its scan)
     calls = [("", run_backward)] + ([(" (inference call)", False)] if run_backward else [])
+    # the op's promise: o in v's dtype, the final state float32 (float64 for float64 inputs)
+    promised = {"o": problem.dtype, "final_state": torch.float64 if problem.dtype == torch.float64 else torch.float32}
     failures = []
     for label, differentiated in calls:
         try:
@@ -408,8 +410,6 @@ def check_variant(
             result.errors[key] = max(error, result.errors.get(key, 0.0))  # the worse of the two calls
             if not error <= result.tolerances[key]:
                 failures.append(_describe_failure(key, out, ref, error, result.tolerances[key]) + label)
-        # the op's promise: o in v's dtype, the final state float32 (float64 for float64 inputs)
-        promised = {"o": problem.dtype, "final_state": torch.float64 if problem.dtype == torch.float64 else torch.float32}
         for key, dtype in promised.items():
             out = got.get(key)
             if out is not None and out.dtype != dtype:

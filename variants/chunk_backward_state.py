@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_state import scan_tile
+from .chunk_state import scan_tile, state_tile
 
 
 @triton.jit
@@ -31,9 +31,7 @@ def chunk_state_bwd_kernel(
     head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
         cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
     )
-    dstate = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
-    if HAS_DHT:
-        dstate += tl.load(dht + state_base + state_offs, mask=state_mask, other=0.0)
+    dstate = state_tile(dht, state_base, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_DHT)
     rows = tl.arange(0, C)
 
     for i in range(num_chunks):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_state import scan_tile
+from .chunk_state import scan_tile, state_tile
 
 
 @triton.jit
@@ -43,9 +43,7 @@ def chunk_scan_tm_kernel(
     head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
         cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
     )
-    state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + state_base + state_offs, mask=state_mask, other=0.0)
+    state = state_tile(h0, state_base, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_H0)
     rows = tl.arange(0, C)
     causal = rows[:, None] >= rows[None, :]
 

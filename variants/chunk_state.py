@@ -60,6 +60,17 @@ def scan_tile(cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr, V:
 
 
 @triton.jit
+def state_tile(ptr, state_base, state_offs, state_mask, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+               HAS: tl.constexpr):
+    """A scan's float32 [BLOCK_K, BLOCK_V] slice of the [K, V] state at ``ptr + state_base`` (an initial
+    state, or the final state's gradient); zeros without HAS."""
+    tile = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
+    if HAS:
+        tile += tl.load(ptr + state_base + state_offs, mask=state_mask, other=0.0)
+    return tile
+
+
+@triton.jit
 def chunk_state_fwd_kernel(
     q, k, w, u, aqk, o, h0, ht, states, vn_out, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
@@ -71,9 +82,7 @@ def chunk_state_fwd_kernel(
     head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
         cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
     )
-    state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + state_base + state_offs, mask=state_mask, other=0.0)
+    state = state_tile(h0, state_base, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_H0)
     rows = tl.arange(0, C)
 
     for c in range(num_chunks):
