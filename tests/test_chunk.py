@@ -264,9 +264,9 @@ def test_tm_scan_matches_reference(poisoned_empty, chunk_size, dtype, block_v_tm
 @pytest.mark.parametrize("B, K, dtype, tm", [
     (8, 64, torch.bfloat16, True),     # 64-wide tiles
     (2, 64, torch.bfloat16, True),     # 32-wide
-    (1, 64, torch.bfloat16, False),    # 16-wide: the longer chain per step costs more than the kernel saved
+    (1, 64, torch.bfloat16, True),     # 64-wide on 4 segments a sequence (scan_segments)
     (4, 128, torch.bfloat16, True),
-    (1, 128, torch.float16, False),
+    (1, 128, torch.float16, True),
     (8, 256, torch.bfloat16, True),
     (8, 128, torch.float32, False),    # unmeasured in float32
 ])
@@ -278,6 +278,8 @@ def test_auto_forward_scan_is_tm_where_its_tiles_are_wide(B, K, dtype, tm):
     assert not resolve_plan(dict(DEFAULT_CONFIG, forward_scan="wu"), problem).tm_scan
     assert not resolve_plan(dict(DEFAULT_CONFIG, chunk_size=32), problem).tm_scan
     assert constraints(DEFAULT_CONFIG, problem) is None
+    # without segments, 16-wide at B = 1: the longer chain per step costs more than the kernel it saves
+    assert resolve_plan(dict(DEFAULT_CONFIG, scan_segments=1), problem).tm_scan is (B > 1 and tm)
 
 
 def test_tm_scan_config_is_checked():
@@ -288,6 +290,62 @@ def test_tm_scan_config_is_checked():
     wide = Problem(B=1, T=256, H=2, K=256, V=256, dtype=torch.bfloat16)
     assert "stages_tm=1" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", stages_tm=1), wide)
     assert "forward_scan='tm'" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", block_v_tm=128, warps_tm=1), wide)
+
+
+@pytest.mark.parametrize("dtype, segments, block_summary, h0", [
+    (torch.float32, 4, 16, True), (torch.float16, 2, 0, True), (torch.float32, 8, 0, False)])
+def test_tm_scan_segments_match_reference(poisoned_empty, dtype, segments, block_summary, h0):
+    """scan_segments: the Tm scan cut into segments (their summaries [b | A], the combine of entering states,
+    the scan of all segments at once) gives the reference's o and final state, with and without an initial
+    state (two sequences: the final state is each one's last segment's), K != V (value and key column tiles
+    of different counts; 16-wide: three value tiles, two key tiles), and stays close to the one-run scan."""
+    problem = Problem(B=2, T=128, H=2, K=32, V=48, dtype=dtype, device=DEVICE)
+    inputs = random_inputs(problem, seed=31, device=DEVICE, initial_state=h0)
+    config = {"chunk_size": 16, "input_precision": "ieee", "forward_scan": "tm", "scan_segments": segments,
+              "block_summary": block_summary}
+    assert constraints(dict(DEFAULT_CONFIG, **config), problem) is None
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).segments == segments
+    out = run_op("chunk", inputs, config, backward=False)
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), dtype, label=f"G={segments}")
+    whole = run_op("chunk", inputs, dict(config, scan_segments=1), backward=False)
+    assert not torch.equal(out["final_state"], whole["final_state"])  # the segments ran
+    assert rel_error(out["o"], whole["o"]) <= tolerance(dtype)
+
+
+@pytest.mark.parametrize("B, K, dtype, segments", [
+    (1, 128, torch.bfloat16, 4),    # 16 heads x 4 segments x two 64-wide tiles = 128 programs
+    (1, 64, torch.float16, 4),      # 32 x 4 x one
+    (1, 256, torch.bfloat16, 1),    # wide keys: the summaries and combine cost more than they save
+    (2, 128, torch.bfloat16, 1),    # the one-run Tm scan's tiles are 32 wide already
+    (8, 128, torch.bfloat16, 1),
+])
+def test_auto_segments_where_the_one_run_scan_is_starved(B, K, dtype, segments):
+    """scan_segments=0: segments where the one-run Tm scan's automatic tile would be 16 wide (K <= 128), the
+    fewest whose 64-wide tiles fill the SMs (at B = 1 "auto" then takes the Tm scan, 16-wide without)."""
+    problem = Problem(B=B, T=16384 // B, H=2048 // K, K=K, V=K, dtype=dtype)
+    plan = resolve_plan(DEFAULT_CONFIG, problem)
+    assert plan.segments == segments
+    if segments > 1:
+        assert plan.tm_scan and plan.scan_tm.block_v == 64 and plan.summary.block_v == 32
+    assert resolve_plan(dict(DEFAULT_CONFIG, scan_segments=1), problem).segments == 1
+    assert constraints(DEFAULT_CONFIG, problem) is None
+    # no segments where they cannot be whole chunks, on packed sequences, or on the W / U scan
+    assert resolve_plan(DEFAULT_CONFIG, replace(problem, T=16384 // B + 1)).segments == 1
+    assert resolve_plan(DEFAULT_CONFIG, replace(problem, num_seqs=3, varlen=True)).segments == 1
+    assert resolve_plan(dict(DEFAULT_CONFIG, forward_scan="wu"), problem).segments == 1
+    # each segment at least MIN_SEGMENT_CHUNKS chunks
+    assert resolve_plan(DEFAULT_CONFIG, replace(problem, T=1024)).segments == min(segments, 2)  # 16 chunks
+
+
+def test_segments_config_is_checked():
+    problem = Problem(B=1, T=1024, H=2, K=64, V=64, dtype=torch.bfloat16)
+    assert "T=1024 is not a multiple" in constraints(dict(DEFAULT_CONFIG, scan_segments=32), problem)
+    assert "scan_segments=4 splits the Tm scan" in constraints(dict(DEFAULT_CONFIG, scan_segments=4, forward_scan="wu"),
+                                                                  problem)
+    packed = Problem(B=1, T=1024, H=2, K=64, V=64, dtype=torch.bfloat16, num_seqs=3, varlen=True)
+    assert "packed sequences" in constraints(dict(DEFAULT_CONFIG, scan_segments=4, forward_scan="tm"), packed)
+    assert "block_summary=128 exceeds" in constraints(dict(DEFAULT_CONFIG, scan_segments=4, block_summary=128), problem)
+    assert constraints(dict(DEFAULT_CONFIG, scan_segments=4, forward_scan="tm"), problem) is None
 
 
 def test_separate_output_widens_the_scan_at_wide_key_dims():
@@ -617,10 +675,11 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     report = _aot_report(*shape, "--chunk-size", "64")
     # the default builds Tm in the inverse kernel (the intra-chunk kernel and the WY kernel load it);
     # "state_keep" is the forward scan of a differentiated call (output, states and Vn)
-    # at D = 256, B = 4 also the inference forward's Tm scan (forward_scan="auto": 32-wide tiles, 4 warps)
-    wide = {"output", "scan_tm"} if "256" in shape else set()
+    # the inference forward's Tm scan (forward_scan="auto": 32-64-wide tiles, 4 warps): at D = 128, B = 1 on 4
+    # segments a sequence (their summary and combine kernels)
+    wide = {"output"} if "256" in shape else {"summary", "combine"}
     assert set(report) == {"inverse", "intra", "state", "state_keep", "state_recompute", "state_bwd", "grads",
-                           "wy"} | wide
+                           "wy", "scan_tm"} | wide
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -740,6 +799,32 @@ def test_gpu_tm_scan(poisoned_empty, dtype, K, B, tiles):
     assert rel_error(out["o"], wu["o"]) <= tolerance(dtype)
     packed = Problem(B=1, T=1000, H=4, K=K, V=K, dtype=dtype, num_seqs=7, varlen=True, device="cuda")
     check_against_reference(packed, config, seed=23, backward=False)
+
+
+GPU_SEGMENT_CASES = [
+    # dtype, K, B, config: the automatic segments at B = 1 (G = 4 at K = 64 and 128), explicit ones
+    (torch.bfloat16, 64, 1, {}), (torch.bfloat16, 128, 1, {}), (torch.bfloat16, 256, 1, {"scan_segments": 8}),
+    (torch.float16, 128, 2, {"scan_segments": 4, "block_summary": 32}), (torch.float32, 128, 1, {"forward_scan": "tm"}),
+    (torch.bfloat16, 128, 1, {"scan_segments": 16, "block_summary": 16, "stages_summary": 4, "warps_summary": 8}),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, B, config", GPU_SEGMENT_CASES,
+                         ids=[f"{str(c[0])[6:]}-K{c[1]}-B{c[2]}-{len(c[3])}" for c in GPU_SEGMENT_CASES])
+def test_gpu_tm_scan_segments(poisoned_empty, dtype, K, B, config):
+    """scan_segments on the GPU (inference forward): o and the final state against the reference at T = 4K
+    (16-32 chunks a segment), close to the one-run Tm scan."""
+    problem = Problem(B=B, T=4096, H=2048 // K // 4, K=K, V=K, dtype=dtype, device="cuda")
+    plan = resolve_plan(dict(DEFAULT_CONFIG, **config), replace(problem, T=4096 * 4 // B))
+    inputs = random_inputs(problem, seed=37, device="cuda")
+    config = dict(config, scan_segments=config.get("scan_segments", plan.segments))
+    assert config["scan_segments"] > 1 and constraints(dict(DEFAULT_CONFIG, **config), problem) is None
+    out = run_op("chunk", inputs, config, backward=False)
+    ref = run_op("reference", inputs.to(torch.float64), backward=False)
+    assert_close(out, ref, dtype, label=f"segments K={K} {config}")
+    whole = run_op("chunk", inputs, dict(config, scan_segments=1), backward=False)
+    assert rel_error(out["o"], whole["o"]) <= tolerance(dtype)
 
 
 @pytest.mark.gpu

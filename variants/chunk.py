@@ -7,7 +7,9 @@ Forward, two kernels (../shared/deltanet.md):
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
 With output="separate" the scan stores h_c and Vn instead of computing O, and a third kernel
 (chunk_output.py) computes O for all chunks in parallel. Inference forwards with forward_scan="tm" run
-chunk_inverse_kernel (Tm) and chunk_scan_tm.py, which applies Tm inside the scan: no W, U or Aqk.
+chunk_inverse_kernel (Tm) and chunk_scan_tm.py, which applies Tm inside the scan: no W, U or Aqk; with
+few sequences x heads that scan runs on segments of the sequences from their entering states
+(chunk_segments.py, scan_segments).
 Backward, five kernels. What the backward needs from the forward -- W, U, Aqk, Tm, every chunk's entering
 state h_c and Vn -- the forward keeps when the call will be differentiated (save_for_backward=
 "intermediates", the default: the forward's kernels also store Tm, h_c and Vn, and stages 1-2 below are
@@ -40,6 +42,7 @@ from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_
 from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
 from .chunk_output import chunk_output_kernel
 from .chunk_scan_tm import chunk_scan_tm_kernel
+from .chunk_segments import chunk_segment_combine_kernel, chunk_segment_summary_kernel
 from .chunk_state import chunk_state_fwd_kernel
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
@@ -187,17 +190,57 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
 def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, scale: float, initial_state,
              output: torch.Tensor, final_state: Optional[torch.Tensor]) -> None:
     """The inference forward with forward_scan="tm": Tm by the inverse kernel, then chunk_scan_tm.py writes
-    ``output`` (and ``final_state`` when given)."""
+    ``output`` (and ``final_state`` when given); with plan.segments > 1 the scan runs on segments from
+    their entering states (chunk_segments.py)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     tm = _inverse(plan, layout, k, beta)
+    segments = plan.segments
+    if segments > 1:
+        initial_state = _segment_states(plan, layout, k, v, beta, tm, initial_state)
     launch = plan.scan_tm
-    chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * H)](
-        q, k, v, beta, tm, output, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T, scale,
+    chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
+        q, k, v, beta, tm, output, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T // segments, scale,
         H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
         HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
+        PRECISION=plan.precision, SEGMENTS=segments, **launch.options,
+    )
+
+
+# the combine's V tile, row block of A and warps: G - 1 small steps per (sequence, head, V tile). Its
+# float32 products in 16 bits: tf32 -- the chain of states it continues rounds them to the input dtype at
+# every chunk step, no finer than tf32's 10-bit mantissa; three-pass tf32 spilled at K = 256 (ptxas, sm_90)
+COMBINE_BLOCK_V = 16
+COMBINE_BLOCK_ROWS = 64
+COMBINE_WARPS = 8
+COMBINE_PRECISION_16BIT = "tf32"
+
+
+def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initial_state) -> torch.Tensor:
+    """float32 [B G, H, K, V]: the state entering each of the G segments of every sequence (chunk_segments.py:
+    the segments' summaries, then their combine from ``initial_state``)."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    segments = plan.segments
+    summaries = B * (segments - 1)
+    seg_values = torch.empty(summaries, H, K, V, dtype=torch.float32, device=k.device)
+    seg_transitions = torch.empty(summaries, H, K, K, dtype=torch.float32, device=k.device)
+    launch = plan.summary
+    BK = plan.key_tile
+    chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
+        k, v, beta, tm, seg_values, seg_transitions, T // segments,
+        SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=BK, BLOCK_N=launch.block_v,
         PRECISION=plan.precision, **launch.options,
     )
+    seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
+    block_v = min(COMBINE_BLOCK_V, max(16, triton.next_power_of_2(V)))
+    precision = plan.precision if k.dtype == torch.float32 else COMBINE_PRECISION_16BIT
+    chunk_segment_combine_kernel[(triton.cdiv(V, block_v), B * H)](
+        initial_state, seg_values, seg_transitions, seg_h0,
+        SEGMENTS=segments, H=H, K=K, V=V, BLOCK_K=BK, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, BK), BLOCK_V=block_v,
+        HAS_H0=initial_state is not None, PRECISION=precision, num_warps=COMBINE_WARPS,
+    )
+    return seg_h0
 
 
 def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, scale: float, initial_state,

@@ -36,6 +36,7 @@ def _kernels(plan, problem):
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_scan_tm import chunk_scan_tm_kernel
+    from .chunk_segments import chunk_segment_combine_kernel, chunk_segment_summary_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
     common = dict(H=problem.H, K=problem.K, V=problem.V, C=plan.chunk_size, IS_VARLEN=problem.varlen)
@@ -59,8 +60,21 @@ def _kernels(plan, problem):
     stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
                dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm and not from_kernel else []
     tm_scan = [("scan_tm", chunk_scan_tm_kernel, {**ints, **f32("h0", "ht")}, scalars,
-                dict(scan, BLOCK_V=plan.scan_tm.block_v, HAS_H0=True, STORE_HT=True), plan.scan_tm)
+                dict(scan, BLOCK_V=plan.scan_tm.block_v, HAS_H0=True, STORE_HT=True, SEGMENTS=plan.segments),
+                plan.scan_tm)
                ] if plan.tm_scan else []
+    if plan.segments > 1:  # scan_segments: the summaries and their combine (chunk.py's launch of the latter)
+        from .chunk import COMBINE_BLOCK_ROWS, COMBINE_BLOCK_V, COMBINE_PRECISION_16BIT, COMBINE_WARPS
+        from .chunk_config import Launch
+
+        segment = dict(SEGMENTS=plan.segments, H=problem.H, K=problem.K, V=problem.V, BLOCK_K=plan.key_tile)
+        tm_scan += [
+            ("summary", chunk_segment_summary_kernel, f32("seg_values", "seg_transitions"), {"T_seg": "i32"},
+             dict(segment, C=plan.chunk_size, BLOCK_N=plan.summary.block_v, PRECISION=pr), plan.summary),
+            ("combine", chunk_segment_combine_kernel, f32("h0", "seg_values", "seg_transitions", "seg_h0"), {},
+             dict(segment, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, plan.key_tile), BLOCK_V=COMBINE_BLOCK_V, HAS_H0=True,
+                  PRECISION=pr if problem.dtype == torch.float32 else COMBINE_PRECISION_16BIT), Launch(0, 0, COMBINE_WARPS, 1)),
+        ]
     return tm_scan + separate + inverse + stored + [
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),
         ("state", chunk_state_fwd_kernel, {**ints, **f32("h0", "ht")}, scalars,

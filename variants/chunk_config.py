@@ -90,6 +90,17 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         busy that fits the scan's fewest stages and 4 warps' registers, the deepest pipeline
                         that then fits, the fewest warps whose registers fit; 8 warps measured 1.3-2x slower
                         than 4 where 4 fit)
+    scan_segments       G: the Tm scan cut into G segments per sequence (chunk_segments.py): the segments'
+                        transition maps first (all in parallel), then their entering states, then the scan
+                        of every segment at once -- G times the programs, 1/G of the chunk steps each, for the
+                        price of the state chain over V + K columns for (G - 1) / G of the chunks. 1: off;
+                        0 (default): where the one-run scan's automatic tile would be 16 wide (K <= 128), the
+                        smallest G whose 64-wide tiles keep FILL_FRACTION of the SMs busy, segments at least
+                        MIN_SEGMENT_CHUNKS chunks, on fixed-length batches whose T is a multiple of G C; else 1
+                        (measured at MIN_SEGMENT_CHUNKS). Applies where the Tm scan runs
+    block_summary, warps_summary, stages_summary
+                        the segments' summary kernel's column tile (of [b | A], V + K wide), warps, stages
+                        (0: up to SUMMARY_MAX_BLOCK wide, else as the Tm scan's automatic choices)
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -150,6 +161,10 @@ SPACE: dict[str, tuple] = {
     "block_v_tm": _TILES,
     "warps_tm": _WARPS,
     "stages_tm": _STAGES,
+    "scan_segments": (0, 1, 2, 4, 8, 16, 32),
+    "block_summary": _TILES,
+    "warps_summary": _WARPS,
+    "stages_summary": _STAGES,
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
@@ -217,6 +232,8 @@ class ChunkPlan:
     grads_key_grid: bool  # a gradient program per key tile (grads_keys="grid", or "auto" where that is faster)
     tm_scan: bool  # inference forwards run chunk_scan_tm.py (forward_scan="tm", or "auto" where that is faster)
     scan_tm: Launch  # its V tile, warps, stages
+    segments: int  # the Tm scan's segments per sequence (1: one run over the whole sequence)
+    summary: Launch  # segments > 1: the summary kernel's column tile (block_v), warps, stages
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -260,6 +277,16 @@ def _scan_tm_needs(C: int, BK: int, bv: int, isz: int, stages: int, warps: int) 
     convert = isz * (BK * bv + 2 * C * bv + C * C) if isz < 4 else isz * C * (bv + C)
     smem = _pipelined(stages, loop) + convert
     regs = (BK * bv * (1 + isz / 4) + 3 * C * bv + C * C) / (32 * warps)
+    return smem, regs
+
+
+def _summary_needs(C: int, BK: int, bn: int, isz: int, stages: int, warps: int) -> tuple[int, float]:
+    """The segments' summary kernel (chunk_segments.py): the Tm scan's state chain without Q and O -- K, V
+    and Tm tiles per chunk step; the state and X, Vn through shared memory for the tensor cores."""
+    loop = [isz * C * BK, isz * C * bn, isz * C * C]
+    convert = isz * (BK * bn + 2 * C * bn) if isz < 4 else isz * C * bn
+    smem = _pipelined(stages, loop) + convert
+    regs = (BK * bn * (1 + isz / 4) + 2 * C * bn) / (32 * warps)
     return smem, regs
 
 
@@ -386,6 +413,37 @@ def _auto_block_v(num_programs_per_tile: int, value_tile: int, key_tile: int, fi
     return min(16, value_tile)
 
 
+# scan_segments=0 (_auto_segments). Segments pay where the one-run Tm scan is starved (16-wide tiles, a
+# few programs per SM, 256 steps each): H200, bf16 inference forward at B = 1, T = 16K, kernel time
+# (reports/h200-2026-11-29-s11/): D = 128 508 us (W/U scan; one-run Tm scan 569) -> 445 at G = 4 (inverse
+# 110, summaries 156, combine 10, scan 170 -- the scan as fast as at B = 4), 457 at 8, 495 at 16, 583 at 2;
+# D = 64 522 -> 478 (G = 4), 473 (8), 468 (16). Where the one-run tiles are 32+ wide they lose: D = 128
+# 2 x 8K 384 -> 448 (G = 4), 4 x 4K 282 -> 381 (G = 2), D = 64 2 x 8K 441 -> 457; and at K = 256 (B = 1
+# 801 -> 938 at G = 16: the summaries 294 us, the combine 143 re-reading the 256 x 256 maps per V tile).
+# Each segment at least this many chunks (its summary's steps amortise the combine and launch)
+MIN_SEGMENT_CHUNKS = 8
+
+
+def _auto_segments(problem: Problem, chunk_size: int, whole_block_v: int) -> int:
+    """The Tm scan's automatic segment count (see scan_segments): 1 unless the one-run scan's automatic V
+    tile (``whole_block_v``) is 16 wide at K <= WIDE_KEY_TILE; then the fewest segments whose 64-wide tiles
+    keep FILL_FRACTION of the SMs busy, each at least MIN_SEGMENT_CHUNKS whole chunks."""
+    if problem.varlen or problem.T % chunk_size or whole_block_v > 16 or padded(problem.K) > WIDE_KEY_TILE:
+        return 1
+    sms, _ = device_limits()
+    tiles = -(-padded(problem.V) // 64)
+    chunks, segments = problem.T // chunk_size, 1
+    while (problem.num_seqs * problem.H * segments * tiles < FILL_FRACTION * sms and chunks % (2 * segments) == 0
+           and chunks // (2 * segments) >= MIN_SEGMENT_CHUNKS):
+        segments *= 2
+    return segments
+
+
+# the summaries' automatic column tile at most this wide: H200, bf16, B = 1, T = 16K, G = 4 (s11), 64 -> 32
+# wide: the summary kernel 156 -> 144 us at D = 128, 124 -> 116 at D = 64
+SUMMARY_MAX_BLOCK = 32
+
+
 # forward_scan="auto" takes the Tm scan where its automatic V tile is at least this wide: with 16-wide tiles
 # (few sequences x heads) its longer chain per chunk step costs more than the intra-chunk kernel it saves
 TM_SCAN_MIN_BLOCK_V = 32
@@ -486,18 +544,31 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     # the inference forward's Tm scan (forward_scan). Its automatic tile must also fit 4 warps' registers:
     # 8 warps measured slower, and at K = 256 the 64-wide tile spills at 8 (ptxas for sm_90: 255 registers,
     # 216 bytes; 32-wide at 4 warps: 219, none; the same time on an H200)
-    block_v_tm = config["block_v_tm"] or _auto_block_v(
-        programs, BV, BK, lambda bv: _scan_tm_needs(C, BK, bv, isz, scan_stages, 4)[0] <= smem_limit
-        and _scan_tm_needs(C, BK, bv, isz, 1, 4)[1] <= _MAX_REGS, True)
+
+    def auto_block_v_tm(scan_programs: int) -> int:
+        return _auto_block_v(scan_programs, BV, BK, lambda bv: _scan_tm_needs(C, BK, bv, isz, scan_stages, 4)[0]
+                             <= smem_limit and _scan_tm_needs(C, BK, bv, isz, 1, 4)[1] <= _MAX_REGS, True)
+
+    segments = config["scan_segments"] or _auto_segments(problem, C, config["block_v_tm"] or auto_block_v_tm(programs))
+    block_v_tm = config["block_v_tm"] or auto_block_v_tm(programs * segments)
     # "auto": the Tm scan in 16 bits at C = 64 where its V tiles are at least 32 wide, never with an explicit
     # separate output (see forward_scan)
     tm_scan = config["forward_scan"] == "tm" or (
         config["forward_scan"] == "auto" and config["output"] != "separate" and isz < 4 and C == 64
         and block_v_tm >= TM_SCAN_MIN_BLOCK_V)
     scan_tm = launch(_scan_tm_needs, BK, block_v_tm, "warps_tm", "stages_tm", min_stages=scan_stages,
-                     scan_programs=programs * -(-BV // block_v_tm))
+                     scan_programs=programs * segments * -(-BV // block_v_tm))
+    # the segments' summaries: columns of [b | A] (V + K) for all segments but the last of each sequence
+    # (at most SUMMARY_MAX_BLOCK wide; a column tile lies within b or within A)
+    summaries = programs * (segments - 1)
+    block_summary = config["block_summary"] or min(SUMMARY_MAX_BLOCK, BV, BK, _auto_block_v(
+        summaries, BV + BK, BK, lambda bn: _summary_needs(C, BK, bn, isz, scan_stages, 4)[0] <= smem_limit
+        and _summary_needs(C, BK, bn, isz, 1, 4)[1] <= _MAX_REGS, True))
+    summary = launch(_summary_needs, BK, block_summary, "warps_summary", "stages_summary", min_stages=scan_stages,
+                     scan_programs=summaries * (-(-BV // block_summary) + -(-BK // block_summary)))
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
-                     separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm)
+                     separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
+                     segments if tm_scan else 1, summary)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -511,6 +582,7 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         ("block_v_bwd", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_output", BV, f"V={problem.V} padded to {BV}"),
         ("block_v_tm", BV, f"V={problem.V} padded to {BV}"),
+        ("block_summary", min(BK, BV), f"min(K, V) padded to {min(BK, BV)}"),
         ("block_k_grads", BK, f"K={problem.K} padded to {BK}"),
         ("block_v_grads", BV, f"V={problem.V} padded to {BV}"),
     ):
@@ -520,12 +592,22 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
     if config.get("forward_scan") == "tm" and config.get("output") == "separate":
         return ('forward_scan="tm" computes the output in its scan; output="separate" needs forward_scan="wu" '
                 'or "auto"')
-    for key in ("stages_state", "stages_state_bwd", "stages_tm"):
+    for key in ("stages_state", "stages_state_bwd", "stages_tm", "stages_summary"):
         if 0 < config.get(key, 0) < scan_stages:
             return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "
                     f"H200 below {scan_stages} pipeline stages at such key dims; use {scan_stages}+ (or 0)")
     plan = resolve_plan(config, problem)
     C, isz = plan.chunk_size, problem.itemsize
+    segments = config.get("scan_segments", 0)
+    if segments > 1:
+        if not plan.tm_scan:
+            return (f"scan_segments={segments} splits the Tm scan, which this config does not run "
+                    f"(forward_scan={config.get('forward_scan')!r}); use forward_scan='tm' or scan_segments=0/1")
+        if problem.varlen:
+            return f"scan_segments={segments}: packed sequences (cu_seqlens) are not split; use 0 or 1"
+        if problem.T % (segments * C):
+            return (f"scan_segments={segments}: T={problem.T} is not a multiple of scan_segments x chunk_size = "
+                    f"{segments * C}")
     _, smem_limit = device_limits()
     # (what, plan field, resource estimate) of every kernel the plan launches
     checks = [
@@ -539,13 +621,15 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         checks.append(("output kernel", "output", _output_needs))
     if plan.tm_scan:
         checks.append(("inference scan (forward_scan='tm')", "scan_tm", _scan_tm_needs))
+    if plan.segments > 1:
+        checks.append(("segment summary kernel (scan_segments)", "summary", _summary_needs))
     if plan.inverse == "kernel" or plan.tm_scan:
         checks.append(("inverse kernel", "inverse_kernel", _inverse_needs))
     for name, suffix, needs in checks:
         launch = getattr(plan, suffix)
         smem, regs = needs(C, launch.block_k, launch.block_v, isz, launch.stages, launch.warps)
         if smem > smem_limit:
-            fewest = scan_stages if suffix in ("state", "state_bwd", "scan_tm") else 1
+            fewest = scan_stages if suffix in ("state", "state_bwd", "scan_tm", "summary") else 1
             lower = "tiles or chunk_size" if launch.stages <= fewest else "stages, tiles or chunk_size"
             return (
                 f"{name} needs ~{smem // 1024} KB shared memory (chunk_size={C}, stages={launch.stages}, "

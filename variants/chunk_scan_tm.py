@@ -38,8 +38,11 @@ def chunk_scan_tm_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    SEGMENTS: tl.constexpr = 1,
 ):
-    """O of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K (one key tile)."""
+    """O of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K (one key tile). With
+    SEGMENTS > 1 (chunk_segments.py) each "sequence" is one of SEGMENTS segments of a real one, h0 holds
+    every segment's entering state, and only a sequence's last segment stores the final state."""
     head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
         cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
     )
@@ -72,4 +75,10 @@ def chunk_scan_tm_kernel(
         state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
 
     if STORE_HT:
-        tl.store(ht + state_base + state_offs, state, mask=state_mask)
+        if SEGMENTS == 1:
+            tl.store(ht + state_base + state_offs, state, mask=state_mask)
+        else:
+            segment = tl.program_id(1) // H
+            if segment % SEGMENTS == SEGMENTS - 1:
+                ht_base = ((segment // SEGMENTS) * H + head).to(tl.int64) * K * V
+                tl.store(ht + ht_base + state_offs, state, mask=state_mask)

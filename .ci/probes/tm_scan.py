@@ -4,6 +4,9 @@ profiler, per shape and config. (Session 10's second call also timed the Tm scan
 kernel: reports/h200-2026-11-29-s10/.)
 
     python3 .ci/probes/tm_scan.py --D 64,128,256 --T 2K,4K,8K,16K
+    python3 .ci/probes/tm_scan.py --D 128 --T 16K --configs '[["G=1", {"scan_segments": 1}], ["G=8", {"scan_segments": 8}]]'
+
+Session 11 added --configs (label, config pairs in place of the three defaults) for the Tm scan's segments.
 """
 
 import argparse
@@ -24,7 +27,10 @@ parser.add_argument("--D", default="64,128,256")
 parser.add_argument("--T", default="2K,4K,8K,16K")
 parser.add_argument("--calls", type=int, default=10)
 parser.add_argument("--json", default=None)
+parser.add_argument("--configs", default=None, help="JSON list of [label, config] pairs (default: auto, wu, tm)")
 args = parser.parse_args()
+if args.configs:
+    CONFIGS = [(label, json.dumps(config)) for label, config in json.loads(args.configs)]
 
 table = Table(title=f"inference forward, kernel us per call (bf16, {torch.cuda.get_device_name()})")
 for column in ("D", "B x T", "config", "scan", "other kernels", "all kernels"):

@@ -1,0 +1,127 @@
+"""The Tm scan split into segments: all SMs at work when sequences x heads are few (scan_segments).
+
+The inference scan (chunk_scan_tm.py) walks each sequence's chunks in order, one program per (V tile,
+sequence, head): at B = 1, T = 16K, H = 16 that is 256 chunk steps in a row on 16-wide tiles, while most
+SMs idle. The chunk step is affine in the state (../shared/deltanet.md, Vn = Tm diag(b) (V - K h)):
+
+    h_{c+1} = A_c h_c + K^T Tm diag(b) V,     A_c = I - K^T Tm diag(b) K      [K, K]
+
+so a run of chunks -- a segment -- maps the state entering it to the state leaving it by
+h_out = A_seg h_in + b_seg, with A_seg the product of its chunks' A_c and b_seg its final state from zero.
+Cut every sequence into G equal segments; then
+
+  1. ``chunk_segment_summary_kernel``: every segment but each sequence's last, all in parallel, runs the
+     chunk steps on the [K, V + K] state [b | A] from [0 | I] -- the value columns see V, the key columns
+     zeros -- and stores b_seg [K, V] and A_seg [K, K] in float32. The same steps as the scan's state
+     chain (K S, Tm X, K^T Vn), no output;
+  2. ``chunk_segment_combine_kernel``: per (V tile, sequence, head), G - 1 steps h <- A_seg h + b_seg from
+     the initial state, storing each segment's entering state;
+  3. the Tm scan itself, every segment a sequence of its own (a fixed-length batch [B, T] read as
+     [B G, T / G]) from its entering state: G times the programs, 1/G of the steps each. Only the last
+     segment of each sequence stores the final state.
+
+The extra work is step 1 (the state chain for V + K columns over (G - 1) / G of the chunks, without the
+output's three products); it is spread over G times as many programs. Segments hold whole chunks: T must be
+a multiple of G C (chunk_config checks it; "auto" picks G only then), fixed-length batches only.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_segment_summary_kernel(
+    k, v, beta, tm, seg_values, seg_transitions, T_seg,
+    SEGMENTS: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Column tile program_id(0) of [b | A] (value tiles first, then key tiles) of segment g < G - 1 of
+    (sequence, head): program_id(1) = (sequence (G - 1) + g) H + head. Stores b_seg into seg_values
+    [B (G - 1), H, K, V] and A_seg into seg_transitions [B (G - 1), H, K, K], both float32."""
+    pid_n = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    head = pid_sh % H
+    summary = pid_sh // H  # the summaries skip each sequence's last segment
+    segment = (summary // (SEGMENTS - 1)) * SEGMENTS + summary % (SEGMENTS - 1)
+    start = segment.to(tl.int64) * T_seg
+    value_tiles: tl.constexpr = tl.cdiv(V, BLOCK_N)
+    is_value = pid_n < value_tiles
+    dk = tl.arange(0, BLOCK_K)
+    kmask = dk < K
+    rows = tl.arange(0, C)
+    if is_value:
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < V
+        state = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    else:
+        cols = (pid_n - value_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < K
+        state = tl.where(dk[:, None] == cols[None, :], 1.0, 0.0)  # A starts as the identity
+
+    for c in range(T_seg // C):
+        tok = start + c * C + rows
+        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=kmask[None, :], other=0.0)
+        b = tl.load(beta + tok * H + head).to(tl.float32)
+        tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :])
+        state_op = state.to(k.dtype.element_ty)
+        k_state = tl.dot(k_tile, state_op, input_precision=PRECISION)  # [C, BLOCK_N]
+        if is_value:
+            v_tile = tl.load(v + (tok * H + head)[:, None] * V + cols[None, :], mask=cmask[None, :], other=0.0)
+            x = (v_tile.to(tl.float32) - k_state) * b[:, None]
+        else:
+            x = -k_state * b[:, None]
+        v_new = tl.dot(tm_tile, x.to(k.dtype.element_ty), input_precision=PRECISION).to(k.dtype.element_ty)
+        state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
+
+    out_mask = kmask[:, None] & cmask[None, :]
+    if is_value:
+        tl.store(seg_values + (summary * H + head).to(tl.int64) * K * V + dk[:, None] * V + cols[None, :], state,
+                 mask=out_mask)
+    else:
+        tl.store(seg_transitions + (summary * H + head).to(tl.int64) * K * K + dk[:, None] * K + cols[None, :],
+                 state, mask=out_mask)
+
+
+@triton.jit
+def chunk_segment_combine_kernel(
+    h0, seg_values, seg_transitions, seg_h0,
+    SEGMENTS: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_H0: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The state entering every segment of (sequence, head) program_id(1), V tile program_id(0), into
+    seg_h0 [B G, H, K, V] float32: segment 0's is the initial state (zeros without HAS_H0), segment g + 1's
+    A_g h_g + b_g. A_g's rows go BLOCK_ROWS at a time; h_g comes back from seg_h0, where this program just
+    stored it (a barrier between)."""
+    pid_v = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    seq = pid_sh // H
+    head = pid_sh % H
+    dk = tl.arange(0, BLOCK_K)
+    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    kmask = dk < K
+    vmask = dv < V
+    state_offs = dk[:, None] * V + dv[None, :]
+    state_mask = kmask[:, None] & vmask[None, :]
+    state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0 + (seq * H + head).to(tl.int64) * K * V + state_offs, mask=state_mask, other=0.0)
+    first = (seq * SEGMENTS * H + head).to(tl.int64) * K * V
+    tl.store(seg_h0 + first + state_offs, state, mask=state_mask)
+    rows = tl.arange(0, BLOCK_ROWS)
+    for g in range(SEGMENTS - 1):
+        summary = (seq * (SEGMENTS - 1) + g) * H + head
+        entering = first + (g + 1) * H * K * V
+        for r0 in range(0, BLOCK_K, BLOCK_ROWS):
+            rr = r0 + rows
+            rmask = rr < K
+            a_rows = tl.load(seg_transitions + summary.to(tl.int64) * K * K + rr[:, None] * K + dk[None, :],
+                             mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b_rows = tl.load(seg_values + summary.to(tl.int64) * K * V + rr[:, None] * V + dv[None, :],
+                             mask=rmask[:, None] & vmask[None, :], other=0.0)
+            new_rows = tl.dot(a_rows, state, b_rows, input_precision=PRECISION)
+            tl.store(seg_h0 + entering + rr[:, None] * V + dv[None, :], new_rows, mask=rmask[:, None] & vmask[None, :])
+        tl.debug_barrier()  # the rows above, stored by all threads, are read back whole
+        state = tl.load(seg_h0 + entering + state_offs, mask=state_mask, other=0.0)
