@@ -22,6 +22,13 @@ loads, the forward substitution reduces along the warp's own axis, and the block
 The inverse helper ``chunk_inverse`` is shared with the WY backward (chunk_backward_wy.py), which
 recomputes Tm rather than storing it.
 
+Measured and dropped (H200, bf16, reports/h200-2026-11-29-s11/): the diagonal blocks as the products
+(I - N)(I + N^2)(I + N^4)(I + N^8) of the strictly lower 16 x 16 blocks N (six batched float32 products in
+registers in place of the 15 workspace reads of forward substitution; ~1e-6 relative against float64,
+3.5e-5 on identical keys) made the inverse kernel slower: 110 -> 156 us at D = 128, 208 -> 306 at D = 64,
+67 -> 85 at D = 256 (T = 16K in all): the products (float32, FMA units, layout changes through shared
+memory) cost more than the reads they replace.
+
 Layouts: q, k, w: [B*T, H, K]; v, u: [B*T, H, V]; beta: [B*T, H]; aqk: [B*T, H, C] (row t holds its
 chunk's row t - start). Chunks never straddle sequences: ``chunk_bounds`` gives each chunk's token range,
 from a host-built table for packed (varlen) batches. Tiles are numbered chunk * H + head.
