@@ -97,7 +97,7 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         0 (default): where the one-run scan's automatic tile would be 16 wide (K <= 128), the
                         smallest G whose 64-wide tiles keep FILL_FRACTION of the SMs busy, segments at least
                         MIN_SEGMENT_CHUNKS chunks, on fixed-length batches whose T is a multiple of G C; else 1
-                        (measured at MIN_SEGMENT_CHUNKS). Applies where the Tm scan runs
+                        (the H200 figures: at MIN_SEGMENT_CHUNKS). Applies where the Tm scan runs
     block_summary, warps_summary, stages_summary
                         the segments' summary kernel's column tile (of [b | A], V + K wide), warps, stages
                         (0: up to SUMMARY_MAX_BLOCK wide, else as the Tm scan's automatic choices)

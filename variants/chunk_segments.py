@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunk_state import state_slice, state_tile
+
 
 @triton.jit
 def chunk_segment_summary_kernel(
@@ -95,19 +97,11 @@ def chunk_segment_combine_kernel(
     seg_h0 [B G, H, K, V] float32: segment 0's is the initial state (zeros without HAS_H0), segment g + 1's
     A_g h_g + b_g. A_g's rows go BLOCK_ROWS at a time; h_g comes back from seg_h0, where this program just
     stored it (a barrier between)."""
-    pid_v = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
     head = pid_sh % H
-    dk = tl.arange(0, BLOCK_K)
-    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    kmask = dk < K
-    vmask = dv < V
-    state_offs = dk[:, None] * V + dv[None, :]
-    state_mask = kmask[:, None] & vmask[None, :]
-    state = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + (seq * H + head).to(tl.int64) * K * V + state_offs, mask=state_mask, other=0.0)
+    dk, dv, kmask, vmask, state_offs, state_mask = state_slice(K, V, BLOCK_K, BLOCK_V)
+    state = state_tile(h0, (seq * H + head).to(tl.int64) * K * V, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_H0)
     first = (seq * SEGMENTS * H + head).to(tl.int64) * K * V
     tl.store(seg_h0 + first + state_offs, state, mask=state_mask)
     rows = tl.arange(0, BLOCK_ROWS)

@@ -36,6 +36,17 @@ def sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C: tl.constexpr, IS_VARLE
 
 
 @triton.jit
+def state_slice(K: tl.constexpr, V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The [BLOCK_K, BLOCK_V] slice of a [K, V] state that V tile program_id(0) holds: its key / value
+    offsets and masks, and its offsets and mask within the state."""
+    dk = tl.arange(0, BLOCK_K)
+    dv = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    kmask = dk < K
+    vmask = dv < V
+    return dk, dv, kmask, vmask, dk[:, None] * V + dv[None, :], kmask[:, None] & vmask[None, :]
+
+
+@triton.jit
 def scan_tile(cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
               C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, IS_VARLEN: tl.constexpr):
     """What a scan program (program_id(0) = V tile, program_id(1) = sequence * H + head) works on, for
@@ -43,18 +54,12 @@ def scan_tile(cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr, V:
     [start, end), first global chunk and chunk count; the state tile's key / value offsets and masks,
     its offsets and mask in a [K, V] state, and the offset of this (sequence, head)'s state in an
     [N, H, K, V] tensor."""
-    pid_v = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
     head = pid_sh % H
     start, end, first_chunk = sequence_bounds(seq, cu_seqlens, chunk_offsets, T, C, IS_VARLEN)
     num_chunks = tl.cdiv(end - start, C)
-    dk = tl.arange(0, BLOCK_K)
-    dv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    kmask = dk < K
-    vmask = dv < V
-    state_offs = dk[:, None] * V + dv[None, :]
-    state_mask = kmask[:, None] & vmask[None, :]
+    dk, dv, kmask, vmask, state_offs, state_mask = state_slice(K, V, BLOCK_K, BLOCK_V)
     state_base = (seq * H + head).to(tl.int64) * K * V
     return head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base
 
