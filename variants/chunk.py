@@ -233,11 +233,10 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
         PRECISION=plan.precision, **launch.options,
     )
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
-    block_v = min(COMBINE_BLOCK_V, max(16, triton.next_power_of_2(V)))
     precision = plan.precision if k.dtype == torch.float32 else COMBINE_PRECISION_16BIT
-    chunk_segment_combine_kernel[(triton.cdiv(V, block_v), B * H)](
+    chunk_segment_combine_kernel[(triton.cdiv(V, COMBINE_BLOCK_V), B * H)](
         initial_state, seg_values, seg_transitions, seg_h0,
-        SEGMENTS=segments, H=H, K=K, V=V, BLOCK_K=BK, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, BK), BLOCK_V=block_v,
+        SEGMENTS=segments, H=H, K=K, V=V, BLOCK_K=BK, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, BK), BLOCK_V=COMBINE_BLOCK_V,
         HAS_H0=initial_state is not None, PRECISION=precision, num_warps=COMBINE_WARPS,
     )
     return seg_h0
