@@ -207,15 +207,6 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
     )
 
 
-# the combine's V tile, row block of A and warps: G - 1 small steps per (sequence, head, V tile). Its
-# float32 products in 16 bits: tf32 -- the chain of states it continues rounds them to the input dtype at
-# every chunk step, no finer than tf32's 10-bit mantissa; three-pass tf32 spilled at K = 256 (ptxas, sm_90)
-COMBINE_BLOCK_V = 16
-COMBINE_BLOCK_ROWS = 64
-COMBINE_WARPS = 8
-COMBINE_PRECISION_16BIT = "tf32"
-
-
 def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initial_state) -> torch.Tensor:
     """float32 [B G, H, K, V]: the state entering each of the G segments of every sequence (chunk_segments.py:
     the segments' summaries, then their combine from ``initial_state``)."""
@@ -233,11 +224,11 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
         PRECISION=plan.precision, **launch.options,
     )
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
-    precision = plan.precision if k.dtype == torch.float32 else COMBINE_PRECISION_16BIT
-    chunk_segment_combine_kernel[(triton.cdiv(V, COMBINE_BLOCK_V), B * H)](
+    combine = plan.combine
+    chunk_segment_combine_kernel[(triton.cdiv(V, combine.block_v), B * H)](
         initial_state, seg_values, seg_transitions, seg_h0,
-        SEGMENTS=segments, H=H, K=K, V=V, BLOCK_K=BK, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, BK), BLOCK_V=COMBINE_BLOCK_V,
-        HAS_H0=initial_state is not None, PRECISION=precision, num_warps=COMBINE_WARPS,
+        SEGMENTS=segments, H=H, K=K, V=V, BLOCK_K=BK, BLOCK_ROWS=combine.block_k, BLOCK_V=combine.block_v,
+        HAS_H0=initial_state is not None, PRECISION=plan.combine_precision, **combine.options,
     )
     return seg_h0
 

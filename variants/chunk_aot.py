@@ -63,17 +63,14 @@ def _kernels(plan, problem):
                 dict(scan, BLOCK_V=plan.scan_tm.block_v, HAS_H0=True, STORE_HT=True, SEGMENTS=plan.segments),
                 plan.scan_tm)
                ] if plan.tm_scan else []
-    if plan.segments > 1:  # scan_segments: the summaries and their combine (chunk.py's launch of the latter)
-        from .chunk import COMBINE_BLOCK_ROWS, COMBINE_BLOCK_V, COMBINE_PRECISION_16BIT, COMBINE_WARPS
-        from .chunk_config import Launch
-
+    if plan.segments > 1:  # scan_segments: the summaries and their combine
         segment = dict(SEGMENTS=plan.segments, H=problem.H, K=problem.K, V=problem.V, BLOCK_K=plan.key_tile)
         tm_scan += [
             ("summary", chunk_segment_summary_kernel, f32("seg_values", "seg_transitions"), {"T_seg": "i32"},
              dict(segment, C=plan.chunk_size, BLOCK_N=plan.summary.block_v, PRECISION=pr), plan.summary),
             ("combine", chunk_segment_combine_kernel, f32("h0", "seg_values", "seg_transitions", "seg_h0"), {},
-             dict(segment, BLOCK_ROWS=min(COMBINE_BLOCK_ROWS, plan.key_tile), BLOCK_V=COMBINE_BLOCK_V, HAS_H0=True,
-                  PRECISION=pr if problem.dtype == torch.float32 else COMBINE_PRECISION_16BIT), Launch(0, 0, COMBINE_WARPS, 1)),
+             dict(segment, BLOCK_ROWS=plan.combine.block_k, BLOCK_V=plan.combine.block_v, HAS_H0=True,
+                  PRECISION=plan.combine_precision), plan.combine),
         ]
     return tm_scan + separate + inverse + stored + [
         ("intra", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars, dict(intra, STORE_TM=False), plan.intra),

@@ -234,6 +234,8 @@ class ChunkPlan:
     scan_tm: Launch  # its V tile, warps, stages
     segments: int  # the Tm scan's segments per sequence (1: one run over the whole sequence)
     summary: Launch  # segments > 1: the summary kernel's column tile (block_v), warps, stages
+    combine: Launch  # segments > 1: the combine's row block of A (block_k), V tile, warps
+    combine_precision: str  # the combine's float32 products
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -444,6 +446,17 @@ def _auto_segments(problem: Problem, chunk_size: int, whole_block_v: int) -> int
 SUMMARY_MAX_BLOCK = 32
 
 
+# the combine's V tile, row block of A and warps: G - 1 small steps per (sequence, head, V tile). Its
+# float32 products in 16 bits: tf32 -- the chain of states it continues rounds them to the input dtype at
+# every chunk step, no finer than tf32's 10-bit mantissa; three-pass tf32 spilled at K = 256 (ptxas, sm_90).
+# Stages: Triton's default, what the H200 figures ran with
+COMBINE_BLOCK_V = 16
+COMBINE_BLOCK_ROWS = 64
+COMBINE_WARPS = 8
+COMBINE_STAGES = 3
+COMBINE_PRECISION_16BIT = "tf32"
+
+
 # forward_scan="auto" takes the Tm scan where its automatic V tile is at least this wide: with 16-wide tiles
 # (few sequences x heads) its longer chain per chunk step costs more than the intra-chunk kernel it saves
 TM_SCAN_MIN_BLOCK_V = 32
@@ -568,7 +581,9 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      scan_programs=summaries * (-(-BV // block_summary) + -(-BK // block_summary)))
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
-                     segments if tm_scan else 1, summary)
+                     segments if tm_scan else 1, summary,
+                     Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
+                     config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT)
 
 
 @functools.lru_cache(maxsize=1024)

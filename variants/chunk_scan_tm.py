@@ -74,11 +74,8 @@ def chunk_scan_tm_kernel(
         tl.store(o + (tok * H + head)[:, None] * V + dv[None, :], out.to(o.dtype.element_ty), mask=value_mask)
         state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
 
-    if STORE_HT:
-        if SEGMENTS == 1:
-            tl.store(ht + state_base + state_offs, state, mask=state_mask)
-        else:
-            segment = tl.program_id(1) // H
-            if segment % SEGMENTS == SEGMENTS - 1:
-                ht_base = ((segment // SEGMENTS) * H + head).to(tl.int64) * K * V
-                tl.store(ht + ht_base + state_offs, state, mask=state_mask)
+    if STORE_HT:  # by the last segment of each sequence (every "sequence" with SEGMENTS = 1)
+        segment = tl.program_id(1) // H
+        if segment % SEGMENTS == SEGMENTS - 1:
+            ht_base = ((segment // SEGMENTS) * H + head).to(tl.int64) * K * V
+            tl.store(ht + ht_base + state_offs, state, mask=state_mask)
