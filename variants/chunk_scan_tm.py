@@ -22,6 +22,12 @@ Aqk written by the inverse kernel instead (from the K tiles it loads anyway) mea
 the scan gained 4-7 % but the inverse kernel, at 198 registers a thread instead of 165, fits two programs
 per SM instead of three: bf16 forward D = 64 8 x 2K 328 -> 388 us, D = 256 4 x 4K 475 -> 487
 (reports/h200-2026-11-29-s10/).
+
+beta is loaded one chunk ahead by hand: its 16-bit values, H apart, cannot go through cp.async, so Triton's
+pipeliner leaves their load in the loop, and the wait for it held 24 % of this scan's warp stall samples in
+Nsight Compute; prefetched, the scan on segments took 171 -> 132 us at D = 128, B = 1, T = 16K, the one-run scan
+170 -> 129 at B = 4, T = 4K. Storing Tm diag(b) from the inverse kernel instead gained the same in the scan but cost
+the inverse kernel 26 us there (reports/h200-2026-11-30-s12/).
 """
 
 from __future__ import annotations
@@ -49,16 +55,18 @@ def chunk_scan_tm_kernel(
     state = state_tile(h0, state_base, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_H0)
     rows = tl.arange(0, C)
     causal = rows[:, None] >= rows[None, :]
+    beta_next = tl.load(beta + (start + rows) * H + head, mask=start + rows < end, other=0.0)
 
     for c in range(num_chunks):
         tok = start + c * C + rows
         tmask = tok < end
+        b = beta_next.to(tl.float32)
+        beta_next = tl.load(beta + (tok + C) * H + head, mask=tok + C < end, other=0.0)  # used one chunk on
         key_mask = tmask[:, None] & kmask[None, :]
         value_mask = tmask[:, None] & vmask[None, :]
         k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
         q_tile = tl.load(q + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
         v_tile = tl.load(v + (tok * H + head)[:, None] * V + dv[None, :], mask=value_mask, other=0.0)
-        b = tl.load(beta + tok * H + head, mask=tmask, other=0.0).to(tl.float32)
         # rows past the sequence's end load as zeros: Tm is lower triangular, so valid rows never meet them
         tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :], mask=tmask[:, None], other=0.0)
 
