@@ -1,11 +1,12 @@
-"""GPU probe for Nsight Compute: the chunk forward (inference, bf16) at the given shapes, a few calls each, with
-no profiler of its own (ncu reads the hardware counters; the torch profiler would compete for CUPTI).
+"""GPU probe for Nsight Compute: the chunk forward (inference, bf16) at the given shapes, one call each by
+default, with no profiler of its own (ncu reads the hardware counters; the torch profiler would compete for
+CUPTI).
 
-    ncu --clock-control none --set full -k regex:chunk_ --launch-skip 4 --launch-count 4 \
-        python3 .ci/probes/ncu_forward.py --shapes 1x16384x16x128
+    ncu --clock-control none --set full -k regex:chunk_ --launch-count 8 -o out/gpu/ncu-d128 \
+        python3 .ci/probes/ncu_forward.py --shapes 1x16384x16x128 --calls 1
 
-Each shape runs ``--calls`` forwards; with ``--launch-skip`` one forward's kernels, ncu then sees the second
-call's (compiled, warm) launches. Session 12 added it.
+(the ncu-fwd stage of .ci/gpu-session). Each shape runs ``--calls`` forwards; one is enough: Triton compiles
+on the host before the launch, and ncu replays each profiled kernel on its own. Session 12 added it.
 """
 
 import argparse
@@ -19,7 +20,7 @@ from deltalab.variants.registry import Problem
 parser = argparse.ArgumentParser()
 parser.add_argument("--shapes", default="1x16384x16x128", help="BxTxHxD, comma-separated")
 parser.add_argument("--config", default="{}", help="JSON config for the op (default: its own choice)")
-parser.add_argument("--calls", type=int, default=2)
+parser.add_argument("--calls", type=int, default=1)
 args = parser.parse_args()
 
 for shape in args.shapes.split(","):
