@@ -12,6 +12,7 @@ shows up), NaN/Inf always failing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -40,6 +41,8 @@ from deltalab.variants.chunk_config import (
 )
 from deltalab.variants.chunk_intra import chunk_inverse, load_tm
 from deltalab.variants.registry import Problem
+
+chunk_module = importlib.import_module("deltalab.variants.chunk")  # its launchers, spied on by some tests
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter (tests/conftest.py)
 
@@ -292,13 +295,45 @@ def test_tm_scan_config_is_checked():
     assert "forward_scan='tm'" in constraints(dict(DEFAULT_CONFIG, forward_scan="tm", block_v_tm=128, warps_tm=1), wide)
 
 
+@pytest.mark.parametrize("B, T, K, V, segments, tma_runs", [
+    (2, 64, 32, 48, 1, True),     # 16-wide V tiles: three per head
+    (1, 128, 32, 32, 2, True),    # on segments (16-wide summary tiles: value and key tiles)
+    (2, 40, 32, 32, 1, False),    # T not whole chunks: pointers
+    (2, 64, 24, 32, 1, False),    # K short of its tile: a tile would read the next head's keys
+])
+def test_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, B, T, K, V, segments, tma_runs):
+    """tma="on": the Tm scan's q, k, v, Tm and O tiles (and the segment summaries' k, v and Tm tiles) through
+    tensor descriptors where whole tiles of whole chunks exist, else pointers; either way the reference's o
+    and final state, and the pointer scan's."""
+    problem = Problem(B=B, T=T, H=2, K=K, V=V, dtype=torch.float32, device=DEVICE)
+    inputs = random_inputs(problem, seed=37, device=DEVICE, initial_state=True)
+    config = {"chunk_size": 16, "input_precision": "ieee", "forward_scan": "tm", "scan_segments": segments,
+              "block_v_tm": 16, "tma": "on"}
+    views = []
+    tma_views = chunk_module.tma_views
+    monkeypatch.setattr(chunk_module, "tma_views", lambda *args: views.append(tma_views(*args)) or views[-1])
+    out = run_op("chunk", inputs, config, backward=False)
+    launches = 2 if segments > 1 else 1  # the segments' summaries, then the scan
+    assert [view is not None for view in views] == [tma_runs] * launches
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), torch.float32, label="tma")
+    pointers = run_op("chunk", inputs, dict(config, tma="off"), backward=False)
+    assert views[launches:] == [None] * launches
+    assert rel_error(out["o"], pointers["o"]) <= 1e-5
+    assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), replace(problem, device="cpu")).tma == "off"
+
+
 @pytest.mark.parametrize("dtype, segments, block_summary, h0", [
     (torch.float32, 4, 16, True), (torch.float16, 2, 0, True), (torch.float32, 8, 0, False)])
-def test_tm_scan_segments_match_reference(poisoned_empty, dtype, segments, block_summary, h0):
+def test_tm_scan_segments_match_reference(poisoned_empty, monkeypatch, dtype, segments, block_summary, h0):
     """scan_segments: the Tm scan cut into segments (their summaries [b | A], the combine of entering states,
     the scan of all segments at once) gives the reference's o and final state, with and without an initial
-    state (two sequences: the final state is each one's last segment's), K != V (value and key column tiles
-    of different counts; 16-wide: three value tiles, two key tiles), and stays close to the one-run scan."""
+    state (two sequences: the final state is each one's last segment's; the first segment's summary runs
+    from the initial state), K != V (value and key column tiles of different counts; 16-wide: three value
+    tiles, two key tiles), and stays close to the one-run scan."""
+    segment_calls = []
+    segment_states = chunk_module._segment_states
+    monkeypatch.setattr(chunk_module, "_segment_states",
+                        lambda *args: segment_calls.append(args[0].segments) or segment_states(*args))
     problem = Problem(B=2, T=128, H=2, K=32, V=48, dtype=dtype, device=DEVICE)
     inputs = random_inputs(problem, seed=31, device=DEVICE, initial_state=h0)
     config = {"chunk_size": 16, "input_precision": "ieee", "forward_scan": "tm", "scan_segments": segments,
@@ -307,8 +342,9 @@ def test_tm_scan_segments_match_reference(poisoned_empty, dtype, segments, block
     assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).segments == segments
     out = run_op("chunk", inputs, config, backward=False)
     assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), dtype, label=f"G={segments}")
+    assert segment_calls == [segments]  # the summaries and the combine ran
     whole = run_op("chunk", inputs, dict(config, scan_segments=1), backward=False)
-    assert not torch.equal(out["final_state"], whole["final_state"])  # the segments ran
+    assert segment_calls == [segments]
     assert rel_error(out["o"], whole["o"]) <= tolerance(dtype)
 
 
@@ -799,6 +835,53 @@ def test_gpu_tm_scan(poisoned_empty, dtype, K, B, tiles):
     assert rel_error(out["o"], wu["o"]) <= tolerance(dtype)
     packed = Problem(B=1, T=1000, H=4, K=K, V=K, dtype=dtype, num_seqs=7, varlen=True, device="cuda")
     check_against_reference(packed, config, seed=23, backward=False)
+
+
+GPU_TMA_CASES = [
+    # dtype, K, B, config: whole chunks and whole tiles, on segments (B = 1) and in one run
+    (torch.bfloat16, 128, 4, {}), (torch.bfloat16, 64, 1, {}), (torch.float16, 256, 2, {"forward_scan": "tm"}),
+    (torch.float32, 128, 2, {"forward_scan": "tm"}),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, B, config", GPU_TMA_CASES,
+                         ids=[f"{str(c[0])[6:]}-K{c[1]}-B{c[2]}" for c in GPU_TMA_CASES])
+def test_gpu_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, dtype, K, B, config):
+    """tma="auto": the Tm scan's tiles through tensor descriptors inside a CUDA graph capture (its first use
+    of them in the process: the kernel is loaded during the capture) and through pointers outside; tma="on"
+    in every call, against the reference, the pointer scan and the captured output."""
+    problem = Problem(B=B, T=4096 // B, H=1024 // K, K=K, V=K, dtype=dtype, device="cuda")
+    inputs = random_inputs(problem, seed=41, device="cuda", initial_state=False)
+    assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).tm_scan
+    views = []
+    tma_views = chunk_module.tma_views
+    monkeypatch.setattr(chunk_module, "tma_views", lambda *args: views.append(tma_views(*args)) or views[-1])
+    used = lambda: [view is not None for view in views]  # noqa: E731
+
+    def call():
+        return delta_rule(inputs.q, inputs.k, inputs.v, inputs.beta, variant="chunk", config=dict(config, tma="auto"))[0]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        eager = call()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call()
+    graph.replay()
+    torch.cuda.synchronize()
+    launches = 2 if resolve_plan(dict(DEFAULT_CONFIG, **config), problem).segments > 1 else 1
+    assert used() == [False] * launches + [True] * launches
+
+    views.clear()
+    out = run_op("chunk", inputs, dict(config, tma="on"), backward=False)
+    assert used() == [True] * launches
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), dtype, label=f"tma K={K}")
+    assert torch.equal(captured, out["o"])
+    pointers = run_op("chunk", inputs, dict(config, tma="off"), backward=False)
+    assert torch.equal(eager, pointers["o"])
+    assert rel_error(out["o"], pointers["o"]) <= tolerance(dtype)
 
 
 GPU_SEGMENT_CASES = [

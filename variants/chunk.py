@@ -34,6 +34,7 @@ from typing import Optional
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .chunk_backward_grads import chunk_grads_kernel
 from .chunk_backward_state import chunk_state_bwd_kernel
@@ -199,12 +200,38 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
     if segments > 1:
         initial_state = _segment_states(plan, layout, k, v, beta, tm, initial_state)
     launch = plan.scan_tm
+    C = plan.chunk_size
+    BK = plan.key_tile
+    tiles = tma_views(plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)])
+    q_, k_, v_, tm_, output_ = tiles or (q, k, v, tm, output)
     chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
-        q, k, v, beta, tm, output, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T // segments, scale,
-        H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=plan.key_tile, BLOCK_V=launch.block_v,
+        q_, k_, v_, beta, tm_, output_, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T // segments,
+        scale, H=H, K=K, V=V, C=C, BLOCK_K=BK, BLOCK_V=launch.block_v,
         HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
-        PRECISION=plan.precision, SEGMENTS=segments, **launch.options,
+        PRECISION=plan.precision, SEGMENTS=segments, TMA=tiles is not None, **launch.options,
     )
+
+
+def tma_views(plan: ChunkPlan, cu_seqlens, tensors: list) -> Optional[list]:
+    """Tensor descriptors (Hopper's copy engine, TMA) for [B, T, H, D] tensors read or written a chunk of rows
+    by one head's column tile at a time: ``tensors`` holds (tensor, tile width) pairs; each descriptor views its
+    tensor as [B T, H D] with [C, width] blocks. None where they do not apply -- plan.tma "off", or "auto"
+    outside a CUDA graph capture (the descriptors cost host time at every launch, see chunk_config's tma),
+    packed sequences, T not whole chunks, a width not dividing D (a tile would read the next head's columns)
+    or a base or row not 16-byte aligned -- and the kernels take pointers."""
+    B, T = tensors[0][0].shape[:2]
+    C = plan.chunk_size
+    wanted = plan.tma == "on" or (plan.tma == "auto" and torch.cuda.is_current_stream_capturing())
+    if not wanted or cu_seqlens is not None or T % C:
+        return None
+    views = []
+    for tensor, width in tensors:
+        flat = tensor.reshape(B * T, -1)
+        D = tensor.shape[-1]
+        if D % width or flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
+            return None
+        views.append(TensorDescriptor.from_tensor(flat, [C, width]))
+    return views
 
 
 def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initial_state) -> torch.Tensor:
@@ -218,10 +245,12 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
     seg_transitions = torch.empty(summaries, H, K, K, dtype=torch.float32, device=k.device)
     launch = plan.summary
     BK = plan.key_tile
+    tiles = tma_views(plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)])
+    k_, v_, tm_ = tiles or (k, v, tm)
     chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
-        k, v, beta, tm, seg_values, seg_transitions, T // segments,
+        k_, v_, beta, tm_, initial_state, seg_values, seg_transitions, T // segments,
         SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=BK, BLOCK_N=launch.block_v,
-        PRECISION=plan.precision, **launch.options,
+        HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None, **launch.options,
     )
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
     combine = plan.combine

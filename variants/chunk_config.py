@@ -101,6 +101,16 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     block_summary, warps_summary, stages_summary
                         the segments' summary kernel's column tile (of [b | A], V + K wide), warps, stages
                         (0: up to SUMMARY_MAX_BLOCK wide, else as the Tm scan's automatic choices)
+    tma                 the Tm scan's and the segment summaries' tiles through tensor descriptors (Hopper's
+                        copy engine, TMA; chunk.py's ``tma_views`` says where they apply, elsewhere
+                        pointers): "auto" (default: on CUDA devices of compute capability 9 and up, in
+                        calls captured into a CUDA graph), "on" (every call; also in the interpreter) or
+                        "off". H200, bf16 inference forward
+                        (reports/h200-2026-11-30-s13/): the scan 5-7 % faster (D = 128 1 x 16K 134 -> 124 us,
+                        4 x 4K 131 -> 122; D = 64 100 -> 93), the summaries 9-13 % (D = 128 129 -> 118, D = 64
+                        86 -> 75), but each call's host time 50-100 us longer (the descriptors are built and
+                        encoded at every launch) -- paid once in a graph, so "auto" keeps pointers for calls
+                        launched one by one
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -165,12 +175,13 @@ SPACE: dict[str, tuple] = {
     "block_summary": _TILES,
     "warps_summary": _WARPS,
     "stages_summary": _STAGES,
+    "tma": ("auto", "on", "off"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
                       save_for_backward="intermediates", output="auto", grads_keys="auto",
-                      forward_scan="auto")
+                      forward_scan="auto", tma="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -236,6 +247,7 @@ class ChunkPlan:
     summary: Launch  # segments > 1: the summary kernel's column tile (block_v), warps, stages
     combine: Launch  # segments > 1: the combine's row block of A (block_k), V tile, warps
     combine_precision: str  # the combine's float32 products
+    tma: str = "off"  # the Tm scan's and summaries' tiles through tensor descriptors: "on", "off", "auto" (in graphs)
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -583,7 +595,13 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
                      segments if tm_scan else 1, summary,
                      Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
-                     config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT)
+                     config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT,
+                     tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off")
+
+
+def _has_tma(device: str) -> bool:
+    """Whether ``device`` (a Problem's device type) has Hopper's tensor memory accelerator."""
+    return device == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
 @functools.lru_cache(maxsize=1024)

@@ -28,6 +28,12 @@ pipeliner leaves their load in the loop, and the wait for it held 24 % of this s
 Nsight Compute; prefetched, the scan on segments took 171 -> 132 us at D = 128, B = 1, T = 16K, the one-run scan
 170 -> 129 at B = 4, T = 4K. Storing Tm diag(b) from the inverse kernel instead gained the same in the scan but cost
 the inverse kernel 26 us there (reports/h200-2026-11-30-s12/).
+
+With TMA (config tma, chunk.py's ``tma_views``) the q, k, v, Tm and O tiles move through tensor descriptors:
+the copy engine fetches a whole [C, width] tile per request, where cp.async needed per-thread addresses and
+masks (ptxas for sm_90: the loop 875 -> 810 instructions). H200, bf16: the scan 134 -> 124 us at D = 128,
+B = 1, T = 16K (reports/h200-2026-11-30-s13/), for host time at every launch -- so by default only in CUDA
+graphs.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ def chunk_scan_tm_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
-    SEGMENTS: tl.constexpr = 1,
+    SEGMENTS: tl.constexpr = 1, TMA: tl.constexpr = False,
 ):
     """O of V tile program_id(0) of (sequence, head) program_id(1); BLOCK_K >= K (one key tile). With
     SEGMENTS > 1 (chunk_segments.py) each "sequence" is one of SEGMENTS segments of a real one, h0 holds
-    every segment's entering state, and only a sequence's last segment stores the final state."""
+    every segment's entering state, and only a sequence's last segment stores the final state. With TMA,
+    q, k, v, tm and o are tensor descriptors of their [B T, H D] views (``tma_views``: whole chunks, K =
+    BLOCK_K, V a multiple of BLOCK_V), whose tiles the copy engine moves: no per-element addresses or masks."""
     head, start, end, first_chunk, num_chunks, dk, dv, kmask, vmask, state_offs, state_mask, state_base = scan_tile(
         cu_seqlens, chunk_offsets, T, H, K, V, C, BLOCK_K, BLOCK_V, IS_VARLEN
     )
@@ -64,22 +72,33 @@ def chunk_scan_tm_kernel(
         beta_next = tl.load(beta + (tok + C) * H + head, mask=tok + C < end, other=0.0)  # used one chunk on
         key_mask = tmask[:, None] & kmask[None, :]
         value_mask = tmask[:, None] & vmask[None, :]
-        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
-        q_tile = tl.load(q + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
-        v_tile = tl.load(v + (tok * H + head)[:, None] * V + dv[None, :], mask=value_mask, other=0.0)
-        # rows past the sequence's end load as zeros: Tm is lower triangular, so valid rows never meet them
-        tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :], mask=tmask[:, None], other=0.0)
+        if TMA:
+            row = (start + c * C).to(tl.int32)
+            k_tile = k.load([row, head * K])
+            q_tile = q.load([row, head * K])
+            v_tile = v.load([row, head * V + tl.program_id(0) * BLOCK_V])
+            tm_tile = tm.load([row, head * C])
+        else:
+            k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
+            q_tile = tl.load(q + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
+            v_tile = tl.load(v + (tok * H + head)[:, None] * V + dv[None, :], mask=value_mask, other=0.0)
+            # rows past the sequence's end load as zeros: Tm is lower triangular, so valid rows never meet them
+            tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :], mask=tmask[:, None], other=0.0)
 
-        state_op = state.to(k.dtype.element_ty)
+        dtype = k_tile.dtype
+        state_op = state.to(dtype)
         k_state = tl.dot(k_tile, state_op, input_precision=PRECISION)  # [C, BLOCK_V]
-        x = ((v_tile.to(tl.float32) - k_state) * b[:, None]).to(k.dtype.element_ty)
-        v_new = tl.dot(tm_tile, x, input_precision=PRECISION).to(k.dtype.element_ty)
+        x = ((v_tile.to(tl.float32) - k_state) * b[:, None]).to(dtype)
+        v_new = tl.dot(tm_tile, x, input_precision=PRECISION).to(dtype)
         # off the chain from one chunk's state to the next: Aqk and the inter-chunk part of O
         qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
-        aqk_tile = tl.where(causal, qk * scale, 0.0).to(k.dtype.element_ty)
+        aqk_tile = tl.where(causal, qk * scale, 0.0).to(dtype)
         out = tl.dot(q_tile, state_op, input_precision=PRECISION) * scale
         out = tl.dot(aqk_tile, v_new, out, input_precision=PRECISION)
-        tl.store(o + (tok * H + head)[:, None] * V + dv[None, :], out.to(o.dtype.element_ty), mask=value_mask)
+        if TMA:
+            o.store([row, head * V + tl.program_id(0) * BLOCK_V], out.to(dtype))
+        else:
+            tl.store(o + (tok * H + head)[:, None] * V + dv[None, :], out.to(o.dtype.element_ty), mask=value_mask)
         state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
 
     if STORE_HT:  # by the last segment of each sequence (every "sequence" with SEGMENTS = 1)

@@ -13,16 +13,22 @@ Cut every sequence into G equal segments; then
   1. ``chunk_segment_summary_kernel``: every segment but each sequence's last, all in parallel, runs the
      chunk steps on the [K, V + K] state [b | A] from [0 | I] -- the value columns see V, the key columns
      zeros -- and stores b_seg [K, V] and A_seg [K, K] in float32. The same steps as the scan's state
-     chain (K S, Tm X, K^T Vn), no output;
-  2. ``chunk_segment_combine_kernel``: per (V tile, sequence, head), G - 1 steps h <- A_seg h + b_seg from
-     the initial state, storing each segment's entering state;
+     chain (K S, Tm X, K^T Vn), no output. A sequence's first segment runs its value columns from the
+     initial state instead, and no key columns: its b_seg is then the state leaving it, and its A_seg is
+     never needed (a sixth of the summaries' work at G = 4);
+  2. ``chunk_segment_combine_kernel``: per (V tile, sequence, head), the first segment's summary is the
+     state entering the second, then G - 2 steps h <- A_seg h + b_seg, storing each segment's entering state;
   3. the Tm scan itself, every segment a sequence of its own (a fixed-length batch [B, T] read as
      [B G, T / G]) from its entering state: G times the programs, 1/G of the steps each. Only the last
      segment of each sequence stores the final state.
 
-The extra work is step 1 (the state chain for V + K columns over (G - 1) / G of the chunks, without the
-output's three products); it is spread over G times as many programs. Segments hold whole chunks: T must be
-a multiple of G C (chunk_config checks it; "auto" picks G only then), fixed-length batches only.
+The extra work is step 1 (the state chain for V + K columns over (G - 2) / G of the chunks and for V columns
+over the first 1 / G, without the output's three products); it is spread over G times as many programs.
+Skipping the first segment's key columns did not shorten the summaries on an H200 (D = 128, B = 1, T = 16K:
+129 -> 130 us: each program's 64-step chain sets their time, not how many run), but the combine lost a step
+(10 -> 8 us; reports/h200-2026-11-30-s13/). With TMA (config tma) the summaries' k, v and Tm tiles come
+through tensor descriptors: 129 -> 118 us there. Segments hold whole chunks: T must be a multiple of G C
+(chunk_config checks it; "auto" picks G only then), fixed-length batches only.
 """
 
 from __future__ import annotations
@@ -35,18 +41,24 @@ from .chunk_state import state_slice, state_tile
 
 @triton.jit
 def chunk_segment_summary_kernel(
-    k, v, beta, tm, seg_values, seg_transitions, T_seg,
+    k, v, beta, tm, h0, seg_values, seg_transitions, T_seg,
     SEGMENTS: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, HAS_H0: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     """Column tile program_id(0) of [b | A] (value tiles first, then key tiles) of segment g < G - 1 of
     (sequence, head): program_id(1) = (sequence (G - 1) + g) H + head. Stores b_seg into seg_values
-    [B (G - 1), H, K, V] and A_seg into seg_transitions [B (G - 1), H, K, K], both float32."""
+    [B (G - 1), H, K, V] and A_seg into seg_transitions [B (G - 1), H, K, K], both float32. Segment 0:
+    b_seg from the initial state h0 [B, H, K, V] (zeros without HAS_H0), and no A_seg (its key tiles
+    store nothing). With TMA, k, v and tm are tensor descriptors as in chunk_scan_tm_kernel (chunk.tma_views,
+    v's blocks BLOCK_N wide)."""
     pid_n = tl.program_id(0)
     pid_sh = tl.program_id(1)
     head = pid_sh % H
     summary = pid_sh // H  # the summaries skip each sequence's last segment
-    segment = (summary // (SEGMENTS - 1)) * SEGMENTS + summary % (SEGMENTS - 1)
+    seq = summary // (SEGMENTS - 1)
+    first_segment = summary % (SEGMENTS - 1) == 0
+    segment = seq * SEGMENTS + summary % (SEGMENTS - 1)
     start = segment.to(tl.int64) * T_seg
     value_tiles: tl.constexpr = tl.cdiv(V, BLOCK_N)
     is_value = pid_n < value_tiles
@@ -57,6 +69,10 @@ def chunk_segment_summary_kernel(
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < V
         state = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+        if HAS_H0:
+            h0_mask = (kmask[:, None] & cmask[None, :]) & first_segment
+            state += tl.load(h0 + (seq * H + head).to(tl.int64) * K * V + dk[:, None] * V + cols[None, :],
+                             mask=h0_mask, other=0.0)
     else:
         cols = (pid_n - value_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < K
@@ -65,7 +81,9 @@ def chunk_segment_summary_kernel(
     # it like the dot operands; beta one chunk ahead by hand (as in chunk_scan_tm.py). Loaded in the loop
     # inside an `if`, the two held a third of the stall samples (D = 128, B = 1, T = 16K: 144 -> 129 us)
     value_mask = (cmask & is_value)[None, :]
-    num_chunks = T_seg // C
+    # the first segment's transition is never used (the combine starts from the state leaving that segment)
+    skip = first_segment & (pid_n >= value_tiles)
+    num_chunks = tl.where(skip, 0, T_seg // C)
     beta_next = tl.load(beta + (start + rows) * H + head)
 
     for c in range(num_chunks):
@@ -73,13 +91,23 @@ def chunk_segment_summary_kernel(
         b = beta_next.to(tl.float32)
         # the next chunk's, if this segment has one ((rows >= 0): the condition as a row vector)
         beta_next = tl.load(beta + (tok + C) * H + head, mask=(c + 1 < num_chunks) & (rows >= 0), other=0.0)
-        k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=kmask[None, :], other=0.0)
-        tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :])
-        v_tile = tl.load(v + (tok * H + head)[:, None] * V + cols[None, :], mask=value_mask, other=0.0)
-        state_op = state.to(k.dtype.element_ty)
+        if TMA:
+            row = (start + c * C).to(tl.int32)
+            k_tile = k.load([row, head * K])
+            tm_tile = tm.load([row, head * C])
+            # the key tiles read the head's first value tile and drop it
+            v_values = v.load([row, head * V + tl.where(is_value, pid_n, 0) * BLOCK_N]).to(tl.float32)
+            v_values = tl.where(is_value, v_values, 0.0)
+        else:
+            k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=kmask[None, :], other=0.0)
+            tm_tile = tl.load(tm + (tok * H + head)[:, None] * C + rows[None, :])
+            v_values = tl.load(v + (tok * H + head)[:, None] * V + cols[None, :], mask=value_mask,
+                               other=0.0).to(tl.float32)
+        dtype = k_tile.dtype
+        state_op = state.to(dtype)
         k_state = tl.dot(k_tile, state_op, input_precision=PRECISION)  # [C, BLOCK_N]
-        x = (v_tile.to(tl.float32) - k_state) * b[:, None]
-        v_new = tl.dot(tm_tile, x.to(k.dtype.element_ty), input_precision=PRECISION).to(k.dtype.element_ty)
+        x = (v_values - k_state) * b[:, None]
+        v_new = tl.dot(tm_tile, x.to(dtype), input_precision=PRECISION).to(dtype)
         state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)
 
     out_mask = kmask[:, None] & cmask[None, :]
@@ -88,7 +116,7 @@ def chunk_segment_summary_kernel(
                  mask=out_mask)
     else:
         tl.store(seg_transitions + (summary * H + head).to(tl.int64) * K * K + dk[:, None] * K + cols[None, :],
-                 state, mask=out_mask)
+                 state, mask=out_mask & (first_segment == 0))
 
 
 @triton.jit
@@ -99,9 +127,9 @@ def chunk_segment_combine_kernel(
     HAS_H0: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The state entering every segment of (sequence, head) program_id(1), V tile program_id(0), into
-    seg_h0 [B G, H, K, V] float32: segment 0's is the initial state (zeros without HAS_H0), segment g + 1's
-    A_g h_g + b_g. A_g's rows go BLOCK_ROWS at a time; h_g comes back from seg_h0, where this program just
-    stored it (a barrier between)."""
+    seg_h0 [B G, H, K, V] float32: segment 0's is the initial state (zeros without HAS_H0), segment 1's
+    the first summary's b (run from the initial state), segment g + 1's A_g h_g + b_g. A_g's rows go
+    BLOCK_ROWS at a time; h_g comes back from seg_h0, where this program just stored it (a barrier between)."""
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
     head = pid_sh % H
@@ -109,8 +137,11 @@ def chunk_segment_combine_kernel(
     state = state_tile(h0, (seq * H + head).to(tl.int64) * K * V, state_offs, state_mask, BLOCK_K, BLOCK_V, HAS_H0)
     first = (seq * SEGMENTS * H + head).to(tl.int64) * K * V
     tl.store(seg_h0 + first + state_offs, state, mask=state_mask)
+    state = tl.load(seg_values + (seq * (SEGMENTS - 1) * H + head).to(tl.int64) * K * V + state_offs,
+                    mask=state_mask, other=0.0)
+    tl.store(seg_h0 + first + H * K * V + state_offs, state, mask=state_mask)
     rows = tl.arange(0, BLOCK_ROWS)
-    for g in range(SEGMENTS - 1):
+    for g in range(1, SEGMENTS - 1):
         summary = (seq * (SEGMENTS - 1) + g) * H + head
         entering = first + (g + 1) * H * K * V
         for r0 in range(0, BLOCK_K, BLOCK_ROWS):
