@@ -220,18 +220,23 @@ def tma_views(plan: ChunkPlan, cu_seqlens, tensors: list) -> Optional[list]:
     packed sequences, T not whole chunks, a width not dividing D (a tile would read the next head's columns)
     or a base or row not 16-byte aligned -- and the kernels take pointers."""
     B, T = tensors[0][0].shape[:2]
-    C = plan.chunk_size
     wanted = plan.tma == "on" or (plan.tma == "auto" and torch.cuda.is_current_stream_capturing())
-    if not wanted or cu_seqlens is not None or T % C:
+    if not wanted or not tma_fits(plan, T, cu_seqlens is not None, [(t.shape[-1], width) for t, width in tensors]):
         return None
     views = []
     for tensor, width in tensors:
         flat = tensor.reshape(B * T, -1)
-        D = tensor.shape[-1]
-        if D % width or flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
+        if flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
             return None
-        views.append(TensorDescriptor.from_tensor(flat, [C, width]))
+        views.append(TensorDescriptor.from_tensor(flat, [plan.chunk_size, width]))
     return views
+
+
+def tma_fits(plan: ChunkPlan, T: int, varlen: bool, widths: list) -> bool:
+    """Whether [C, width] descriptor blocks tile whole chunks of one head's columns: fixed-length sequences of
+    whole chunks, and each width (``widths``: (D, width) pairs) dividing its D. Shared with chunk_aot, which
+    compiles the descriptor variants without tensors at hand."""
+    return not varlen and T % plan.chunk_size == 0 and all(D % width == 0 for D, width in widths)
 
 
 def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initial_state) -> torch.Tensor:

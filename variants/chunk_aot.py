@@ -36,6 +36,7 @@ def _kernels(plan, problem):
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_scan_tm import chunk_scan_tm_kernel
+    from .chunk import tma_fits
     from .chunk_segments import chunk_segment_combine_kernel, chunk_segment_summary_kernel
     from .chunk_state import chunk_state_fwd_kernel
 
@@ -59,25 +60,29 @@ def _kernels(plan, problem):
                 ] if plan.separate_output else []
     stored = [("intra_store_tm", chunk_intra_fwd_kernel, {**ints, **f32("scratch")}, scalars,
                dict(intra, STORE_TM=True), plan.intra)] if plan.store_tm and not from_kernel else []
-    # with plan.tma where whole tiles exist (chunk.tma_views), q, k, v, Tm and O are tensor descriptors
-    BV, C, elem = plan.scan_tm.block_v, plan.chunk_size, _PTR[problem.dtype][1:]
-    tma = (plan.tma != "off" and not problem.varlen and problem.T % C == 0 and problem.K == plan.key_tile
-           and problem.V % BV == 0)
-    descriptors = {name: f"tensordesc<{elem}[{C},{width}]>" for name, width in
-                   (("q", plan.key_tile), ("k", plan.key_tile), ("v", BV), ("tm", C), ("o", BV))} if tma else {}
-    tm_scan = [("scan_tm", chunk_scan_tm_kernel, {**ints, **f32("h0", "ht"), **descriptors}, scalars,
-                dict(scan, BLOCK_V=BV, HAS_H0=True, STORE_HT=True, SEGMENTS=plan.segments, TMA=tma), plan.scan_tm)
+    # with plan.tma where whole tiles exist (chunk.tma_fits), the kernels take tensor descriptors in place of
+    # the named (argument, D, tile width) pointers
+    BV, BK, C = plan.scan_tm.block_v, plan.key_tile, plan.chunk_size
+
+    def descriptors(tiles) -> dict:
+        fits = plan.tma != "off" and tma_fits(plan, problem.T, problem.varlen, [(D, w) for _, D, w in tiles])
+        return {name: f"tensordesc<{_PTR[problem.dtype][1:]}[{C},{w}]>" for name, _, w in tiles} if fits else {}
+
+    K, V = problem.K, problem.V
+    scan_descriptors = descriptors([("q", K, BK), ("k", K, BK), ("v", V, BV), ("tm", C, C), ("o", V, BV)])
+    tm_scan = [("scan_tm", chunk_scan_tm_kernel, {**ints, **f32("h0", "ht"), **scan_descriptors}, scalars,
+                dict(scan, BLOCK_V=BV, HAS_H0=True, STORE_HT=True, SEGMENTS=plan.segments,
+                     TMA=bool(scan_descriptors)), plan.scan_tm)
                ] if plan.tm_scan else []
     if plan.segments > 1:  # scan_segments: the summaries and their combine
-        segment = dict(SEGMENTS=plan.segments, H=problem.H, K=problem.K, V=problem.V, BLOCK_K=plan.key_tile)
+        segment = dict(SEGMENTS=plan.segments, H=problem.H, K=K, V=V, BLOCK_K=BK)
         BN = plan.summary.block_v
-        summary_tma = tma and problem.V % BN == 0
-        summary_descriptors = {name: f"tensordesc<{elem}[{C},{width}]>" for name, width in
-                               (("k", plan.key_tile), ("v", BN), ("tm", C))} if summary_tma else {}
+        summary_descriptors = descriptors([("k", K, BK), ("v", V, BN), ("tm", C, C)])
         tm_scan += [
             ("summary", chunk_segment_summary_kernel,
              {**f32("h0", "seg_values", "seg_transitions"), **summary_descriptors}, {"T_seg": "i32"},
-             dict(segment, C=C, BLOCK_N=BN, HAS_H0=True, PRECISION=pr, TMA=summary_tma), plan.summary),
+             dict(segment, C=C, BLOCK_N=BN, HAS_H0=True, PRECISION=pr, TMA=bool(summary_descriptors)),
+             plan.summary),
             ("combine", chunk_segment_combine_kernel, f32("h0", "seg_values", "seg_transitions", "seg_h0"), {},
              dict(segment, BLOCK_ROWS=plan.combine.block_k, BLOCK_V=plan.combine.block_v, HAS_H0=True,
                   PRECISION=plan.combine_precision), plan.combine),

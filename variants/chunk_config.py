@@ -93,7 +93,8 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
     scan_segments       G: the Tm scan cut into G segments per sequence (chunk_segments.py): the segments'
                         transition maps first (all in parallel), then their entering states, then the scan
                         of every segment at once -- G times the programs, 1/G of the chunk steps each, for the
-                        price of the state chain over V + K columns for (G - 1) / G of the chunks. 1: off;
+                        price of the state chain over V + K columns for (G - 2) / G of the chunks and over V
+                        columns for the first 1 / G (chunk_segments.py). 1: off;
                         0 (default): where the one-run scan's automatic tile would be 16 wide (K <= 128), the
                         smallest G whose 64-wide tiles keep FILL_FRACTION of the SMs busy, segments at least
                         MIN_SEGMENT_CHUNKS chunks, on fixed-length batches whose T is a multiple of G C; else 1
@@ -105,12 +106,11 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         copy engine, TMA; chunk.py's ``tma_views`` says where they apply, elsewhere
                         pointers): "auto" (default: on CUDA devices of compute capability 9 and up, in
                         calls captured into a CUDA graph), "on" (every call; also in the interpreter) or
-                        "off". H200, bf16 inference forward
-                        (reports/h200-2026-11-30-s13/): the scan 5-7 % faster (D = 128 1 x 16K 134 -> 124 us,
-                        4 x 4K 131 -> 122; D = 64 100 -> 93), the summaries 9-13 % (D = 128 129 -> 118, D = 64
-                        86 -> 75), but each call's host time 50-100 us longer (the descriptors are built and
-                        encoded at every launch) -- paid once in a graph, so "auto" keeps pointers for calls
-                        launched one by one
+                        "off". H200, bf16 inference forward (reports/h200-2026-11-30-s13/): the scan 5-7 %
+                        faster (D = 128 1 x 16K 134 -> 124 us, 4 x 4K 131 -> 122; D = 64 100 -> 93), the
+                        summaries 9-13 % (D = 128 129 -> 118, D = 64 86 -> 75), but each call's host time
+                        50-100 us longer (the descriptors are built and encoded at every launch) -- paid once
+                        in a graph, so "auto" keeps pointers for calls launched one by one
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -458,7 +458,7 @@ def _auto_segments(problem: Problem, chunk_size: int, whole_block_v: int) -> int
 SUMMARY_MAX_BLOCK = 32
 
 
-# the combine's V tile, row block of A and warps: G - 1 small steps per (sequence, head, V tile). Its
+# the combine's V tile, row block of A and warps: G - 2 small steps per (sequence, head, V tile). Its
 # float32 products in 16 bits: tf32 -- the chain of states it continues rounds them to the input dtype at
 # every chunk step, no finer than tf32's 10-bit mantissa; three-pass tf32 spilled at K = 256 (ptxas, sm_90).
 # Stages: Triton's default, what the H200 figures ran with

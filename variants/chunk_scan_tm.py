@@ -64,6 +64,7 @@ def chunk_scan_tm_kernel(
     rows = tl.arange(0, C)
     causal = rows[:, None] >= rows[None, :]
     beta_next = tl.load(beta + (start + rows) * H + head, mask=start + rows < end, other=0.0)
+    value_col = head * V + tl.program_id(0) * BLOCK_V  # with TMA: the V tile's first column in the [B T, H V] view
 
     for c in range(num_chunks):
         tok = start + c * C + rows
@@ -76,7 +77,7 @@ def chunk_scan_tm_kernel(
             row = (start + c * C).to(tl.int32)
             k_tile = k.load([row, head * K])
             q_tile = q.load([row, head * K])
-            v_tile = v.load([row, head * V + tl.program_id(0) * BLOCK_V])
+            v_tile = v.load([row, value_col])
             tm_tile = tm.load([row, head * C])
         else:
             k_tile = tl.load(k + (tok * H + head)[:, None] * K + dk[None, :], mask=key_mask, other=0.0)
@@ -96,7 +97,7 @@ def chunk_scan_tm_kernel(
         out = tl.dot(q_tile, state_op, input_precision=PRECISION) * scale
         out = tl.dot(aqk_tile, v_new, out, input_precision=PRECISION)
         if TMA:
-            o.store([row, head * V + tl.program_id(0) * BLOCK_V], out.to(dtype))
+            o.store([row, value_col], out.to(dtype))
         else:
             tl.store(o + (tok * H + head)[:, None] * V + dv[None, :], out.to(o.dtype.element_ty), mask=value_mask)
         state = tl.dot(tl.trans(k_tile), v_new, state, input_precision=PRECISION)

@@ -57,8 +57,9 @@ def chunk_segment_summary_kernel(
     head = pid_sh % H
     summary = pid_sh // H  # the summaries skip each sequence's last segment
     seq = summary // (SEGMENTS - 1)
-    first_segment = summary % (SEGMENTS - 1) == 0
-    segment = seq * SEGMENTS + summary % (SEGMENTS - 1)
+    index = summary % (SEGMENTS - 1)  # of the segment within its sequence
+    first_segment = index == 0
+    segment = seq * SEGMENTS + index
     start = segment.to(tl.int64) * T_seg
     value_tiles: tl.constexpr = tl.cdiv(V, BLOCK_N)
     is_value = pid_n < value_tiles
@@ -68,11 +69,8 @@ def chunk_segment_summary_kernel(
     if is_value:
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < V
-        state = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
-        if HAS_H0:
-            h0_mask = (kmask[:, None] & cmask[None, :]) & first_segment
-            state += tl.load(h0 + (seq * H + head).to(tl.int64) * K * V + dk[:, None] * V + cols[None, :],
-                             mask=h0_mask, other=0.0)
+        state = state_tile(h0, (seq * H + head).to(tl.int64) * K * V, dk[:, None] * V + cols[None, :],
+                           (kmask[:, None] & cmask[None, :]) & first_segment, BLOCK_K, BLOCK_N, HAS_H0)
     else:
         cols = (pid_n - value_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < K
