@@ -322,6 +322,20 @@ def test_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, B, T, K
     assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), replace(problem, device="cpu")).tma == "off"
 
 
+def test_tma_on_is_refused_on_a_gpu_without_it(monkeypatch):
+    """tma="on" on a CUDA GPU older than Hopper: a clear refusal naming the setting, before any launch; "auto"
+    there takes pointers; the interpreter (device cpu) runs descriptors."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (8, 0))
+    problem = Problem(B=1, T=320, H=3, K=64, V=64, dtype=torch.bfloat16, device="cuda")
+    assert 'tma="on": tensor descriptors need compute capability 9.0' in constraints(dict(DEFAULT_CONFIG, tma="on"),
+                                                                                        problem)
+    assert "this GPU has 8.0" in constraints(dict(DEFAULT_CONFIG, tma="on"), problem)
+    assert constraints(dict(DEFAULT_CONFIG, tma="auto"), problem) is None
+    assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), problem).tma == "off"
+    assert constraints(dict(DEFAULT_CONFIG, tma="on"), replace(problem, device="cpu")) is None
+
+
 @pytest.mark.parametrize("dtype, segments, block_summary, h0", [
     (torch.float32, 4, 16, True), (torch.float16, 2, 0, True), (torch.float32, 8, 0, False)])
 def test_tm_scan_segments_match_reference(poisoned_empty, monkeypatch, dtype, segments, block_summary, h0):

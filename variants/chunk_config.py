@@ -625,6 +625,11 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
     if config.get("forward_scan") == "tm" and config.get("output") == "separate":
         return ('forward_scan="tm" computes the output in its scan; output="separate" needs forward_scan="wu" '
                 'or "auto"')
+    # (without a visible GPU, as device_limits, nothing is known against it)
+    if config.get("tma") == "on" and problem.device == "cuda" and torch.cuda.is_available() and not _has_tma("cuda"):
+        major, minor = torch.cuda.get_device_capability()
+        return (f'tma="on": tensor descriptors need compute capability 9.0 or later (Hopper), this GPU has '
+                f'{major}.{minor}; use tma="auto" or "off"')
     for key in ("stages_state", "stages_state_bwd", "stages_tm", "stages_summary"):
         if 0 < config.get(key, 0) < scan_stages:
             return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "
