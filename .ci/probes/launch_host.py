@@ -1,7 +1,9 @@
 """GPU probe: host time per call of the chunk op's inference forward under each of several configs (e.g. tma on
 and off: tensor descriptors are built and encoded on the host at every launch), beside the kernel time.
 
-    python3 .ci/probes/launch_host.py --shapes 8x2048x16x128,1x16384x16x128 --configs '[["tma",{}],["pointers",{"tma":"off"}]]'
+    python3 .ci/probes/launch_host.py --shapes 8x2048x16x128,1x16384x16x128 --configs '[["on",{"tma":"on"}],["off",{"tma":"off"}]]'
+
+Give the settings compared explicitly: ``{}`` takes the shipped export's config, whose lookup is host time too.
 
 Host time: the median over 5 rounds of 60 calls issued back to back, without synchronising (the queue stays far
 from full), divided by the calls; kernel time: CUDA events around 20 calls after a synchronise.
