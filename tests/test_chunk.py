@@ -322,11 +322,19 @@ def test_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, B, T, K
     assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), replace(problem, device="cpu")).tma == "off"
 
 
+def _fake_gpu(monkeypatch, capability) -> None:
+    """A CUDA GPU of compute capability ``capability()`` as chunk_config sees it, with H200 limits (SMs, shared
+    memory: the lru-cached device_limits would otherwise ask the CPU build of torch for its properties)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: capability())
+    monkeypatch.setattr(importlib.import_module("deltalab.variants.chunk_config"), "device_limits",
+                        lambda: (132, 232448))
+
+
 def test_tma_on_is_refused_on_a_gpu_without_it(monkeypatch):
     """tma="on" on a CUDA GPU older than Hopper: a clear refusal naming the setting, before any launch; "auto"
     there takes pointers; the interpreter (device cpu) runs descriptors."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (8, 0))
+    _fake_gpu(monkeypatch, lambda: (8, 0))
     problem = Problem(B=1, T=320, H=3, K=64, V=64, dtype=torch.bfloat16, device="cuda")
     assert 'tma="on": tensor descriptors need compute capability 9.0' in constraints(dict(DEFAULT_CONFIG, tma="on"),
                                                                                         problem)
@@ -334,6 +342,35 @@ def test_tma_on_is_refused_on_a_gpu_without_it(monkeypatch):
     assert constraints(dict(DEFAULT_CONFIG, tma="auto"), problem) is None
     assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), problem).tma == "off"
     assert constraints(dict(DEFAULT_CONFIG, tma="on"), replace(problem, device="cpu")) is None
+
+
+def test_gluon_inverse_is_chosen_and_refused_where_it_should_be(monkeypatch):
+    """inverse_gluon: "auto" takes the Gluon inverse only on a GPU of compute capability 9 (where it was
+    measured), 16-bit, chunk 16-64; "on" elsewhere is refused before any launch, naming the setting and the
+    reason -- in the interpreter (device cpu), float32, chunk 128, one warp, a GPU older than 8.0."""
+    problem = Problem(B=1, T=576, H=3, K=64, V=64, dtype=torch.bfloat16, device="cpu")
+    on = dict(DEFAULT_CONFIG, inverse_gluon="on")
+    assert not resolve_plan(DEFAULT_CONFIG, problem).inverse_gluon
+    assert "not device 'cpu'" in constraints(on, problem) and 'inverse_gluon="on"' in constraints(on, problem)
+    capability = [(9, 0)]
+    _fake_gpu(monkeypatch, lambda: capability[0])
+    gpu = replace(problem, device="cuda")
+    assert resolve_plan(DEFAULT_CONFIG, gpu).inverse_gluon and constraints(on, gpu) is None
+    assert not resolve_plan(dict(DEFAULT_CONFIG, inverse_gluon="off"), gpu).inverse_gluon
+    for config, other, reason in [
+        (on, replace(gpu, dtype=torch.float32), "16-bit inputs"),
+        (dict(on, chunk_size=128), gpu, "chunk_size in (16, 32, 64)"),
+        (dict(on, warps_inverse=1), gpu, "at least 2 warps"),
+    ]:
+        assert reason in constraints(config, other), (config, other)
+        assert not resolve_plan(dict(config, inverse_gluon="auto"), other).inverse_gluon
+    # (plans are cached per config and problem -- one GPU a process: each capability here, and in the tma test,
+    # gets shapes of its own)
+    capability[0] = (8, 0)  # "on" runs (mma_v2 is there), "auto" keeps the Triton kernel (not measured)
+    ampere = replace(gpu, T=640)
+    assert constraints(on, ampere) is None and not resolve_plan(DEFAULT_CONFIG, ampere).inverse_gluon
+    capability[0] = (7, 5)
+    assert "compute capability 8.0 or later, this GPU has 7.5" in constraints(on, replace(gpu, T=704))
 
 
 @pytest.mark.parametrize("dtype, segments, block_summary, h0", [
@@ -727,9 +764,11 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     # "state_keep" is the forward scan of a differentiated call (output, states and Vn)
     # the inference forward's Tm scan (forward_scan="auto": 32-64-wide tiles, 4 warps): at D = 128, B = 1 on 4
     # segments a sequence (their summary and combine kernels)
+    # "inverse_gluon": the inverse kernel's Gluon version (inverse_gluon, chunk_inverse_gluon.py), which the
+    # interpreter cannot run -- this compile is its CPU-side check
     wide = {"output"} if "256" in shape else {"summary", "combine"}
-    assert set(report) == {"inverse", "intra", "state", "state_keep", "state_recompute", "state_bwd", "grads",
-                           "wy", "scan_tm"} | wide
+    assert set(report) == {"inverse", "inverse_gluon", "intra", "state", "state_keep", "state_recompute",
+                           "state_bwd", "grads", "wy", "scan_tm"} | wide
     for name, usage in report.items():
         assert usage["shared_bytes"] <= 232448, (name, usage)
         assert usage["spill_bytes"] == 0, (name, usage)
@@ -922,6 +961,83 @@ def test_gpu_tm_scan_segments(poisoned_empty, dtype, K, B, config):
     assert_close(out, ref, dtype, label=f"segments K={K} {config}")
     whole = run_op("chunk", inputs, dict(config, scan_segments=1), backward=False)
     assert rel_error(out["o"], whole["o"]) <= tolerance(dtype)
+
+
+def _adversarial_keys(kind: str, shape: tuple, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys [..., K] normalised, betas [...]): random; all identical with beta = 1 (A the strict lower
+    triangle of ones: the Neumann series explodes, the inverse stays bounded); or two tight clusters."""
+    *lead, K = shape
+    if kind == "random":
+        k, beta = torch.randn(shape, generator=gen), torch.rand(lead, generator=gen)
+    elif kind == "identical":
+        k, beta = torch.randn(K, generator=gen).expand(shape).clone(), torch.ones(lead)
+    else:
+        centres = torch.randn(2, K, generator=gen)
+        k = centres[torch.arange(math.prod(lead)) % 2].view(shape) + 1e-3 * torch.randn(shape, generator=gen)
+        beta = 0.5 + 0.5 * torch.rand(lead, generator=gen)
+    return torch.nn.functional.normalize(k, dim=-1), beta
+
+
+def _chunk_inverses(plan, k: torch.Tensor, beta: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+    """The inverse kernel's Tm ([B, T, H, C], float32 so that nothing is rounded) of ``plan``, into a
+    NaN-poisoned buffer."""
+    B, T, H, _ = k.shape
+    C = plan.chunk_size
+    layout = chunk_layout(B, T, cu_seqlens, C, k.device)
+    tm = torch.full((B, T, H, C), float("nan"), dtype=torch.float32, device=k.device)
+    return chunk_module._inverse(plan, layout, k, beta, tm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk_size, K", [(16, 64), (32, 128), (64, 48), (64, 128), (64, 256)])
+@pytest.mark.parametrize("keys", ["random", "identical", "two_clusters"])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_gpu_gluon_inverse_matches_float64(chunk_size, K, keys, varlen):
+    """The Gluon inverse (inverse_gluon="on", chunk_inverse_gluon.py) against float64 on bf16 keys, every
+    chunk and head, partial last chunks included (packed sequences of uneven lengths with ``varlen``), Tm
+    stored in float32: relative error <= 1e-5, as the Triton kernel's; and the two kernels agree."""
+    gen = torch.Generator().manual_seed(chunk_size + K)
+    H = 3
+    lengths = [chunk_size * 2 + 5, chunk_size - 3, 3 * chunk_size] if varlen else [2 * chunk_size + 5] * 2
+    B, T = (1, sum(lengths)) if varlen else (len(lengths), lengths[0])
+    k, beta = _adversarial_keys(keys, (B, T, H, K), gen)
+    k, beta = k.to("cuda", torch.bfloat16), beta.to("cuda", torch.bfloat16)
+    cu_seqlens = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32) if varlen else None
+    problem = Problem(B=B, T=T, H=H, K=K, V=K, dtype=torch.bfloat16, num_seqs=len(lengths), varlen=varlen,
+                      device="cuda")
+    config = dict(DEFAULT_CONFIG, chunk_size=chunk_size)
+    gluon_plan = resolve_plan(dict(config, inverse_gluon="on"), problem)
+    assert gluon_plan.inverse_gluon and not resolve_plan(dict(config, inverse_gluon="off"), problem).inverse_gluon
+    out = _chunk_inverses(gluon_plan, k, beta, cu_seqlens)
+    triton_out = _chunk_inverses(resolve_plan(dict(config, inverse_gluon="off"), problem), k, beta, cu_seqlens)
+    assert torch.isfinite(out).all() and torch.isfinite(triton_out).all()
+    bounds = [0] + torch.tensor(lengths).cumsum(0).tolist() if varlen else None
+    for seq in range(len(lengths)):
+        for head in range(H):
+            if varlen:
+                rows = slice(bounds[seq], bounds[seq + 1])
+                keys_h, beta_h, got = k[0, rows, head], beta[0, rows, head], out[0, rows, head]
+            else:
+                keys_h, beta_h, got = k[seq, :, head], beta[seq, :, head], out[seq, :, head]
+            ref = _inverse_reference(keys_h, beta_h, chunk_size).reshape(-1, chunk_size)[: got.shape[0]]
+            assert rel_error(got, ref) <= 1e-5, (seq, head, rel_error(got, ref))
+    assert rel_error(out, triton_out) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, B, config", [
+    (torch.bfloat16, 128, 2, {}), (torch.float16, 64, 2, {"chunk_size": 32}),
+    (torch.bfloat16, 256, 1, {"scan_segments": 2, "forward_scan": "tm"}), (torch.bfloat16, 64, 2, {"forward_scan": "wu"}),
+])
+def test_gpu_gluon_inverse_in_the_op(poisoned_empty, dtype, K, B, config):
+    """The whole op with the Gluon inverse: inference forwards (Tm scan, with segments too, and the W / U
+    form) and the forward + backward (inverse="kernel") against the float64 reference."""
+    problem = Problem(B=B, T=4 * 64 + 17 if B > 1 else 512, H=3, K=K, V=K, dtype=dtype, device="cuda")
+    config = dict(config, inverse_gluon="on")
+    inputs = random_inputs(problem, seed=23, device="cuda")
+    out = run_op("chunk", inputs, config, backward=False)
+    assert_close(out, run_op("reference", inputs.to(torch.float64), backward=False), dtype, label=f"inference {config}")
+    check_against_reference(problem, dict(config, inverse="kernel"), seed=29)
 
 
 @pytest.mark.gpu

@@ -179,11 +179,21 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
     if tm is None:
         tm = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     num_tiles = layout.num_chunks * H
+    launch = plan.inverse_kernel
+    is_varlen = layout.chunk_table is not None
+    if plan.inverse_gluon:  # its workspace in shared memory (chunk_inverse_gluon.py)
+        from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
+
+        programs, _ = persistent_grid(num_tiles, C, k.device, False)
+        chunk_inverse_gluon_kernel[(programs,)](
+            k, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C, BLOCK_K=launch.block_k,
+            IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, num_warps=launch.warps,
+        )
+        return tm
     programs, scratch = persistent_grid(num_tiles, C, k.device, True)
     chunk_inverse_kernel[(programs,)](
-        k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
-        BLOCK_K=plan.inverse_kernel.block_k, IS_VARLEN=layout.chunk_table is not None, PRECISION=plan.precision,
-        INV_PRECISION=plan.precision, **plan.inverse_kernel.options,
+        k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C, BLOCK_K=launch.block_k,
+        IS_VARLEN=is_varlen, PRECISION=plan.precision, INV_PRECISION=plan.precision, **launch.options,
     )
     return tm
 

@@ -31,6 +31,7 @@ _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
 def _kernels(plan, problem):
     """(name, kernel, pointer types that differ from the input dtype's, scalar types, constexprs, launch)."""
     from .chunk_backward_grads import chunk_grads_kernel
+    from .chunk_config import _gluon_inverse_fits
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
@@ -54,6 +55,13 @@ def _kernels(plan, problem):
     inverse = [("inverse", chunk_inverse_kernel, {**ints, **f32("scratch")}, {"T": "i32", "num_tiles": "i32"},
                 dict(common, BLOCK_K=plan.inverse_kernel.block_k, PRECISION=pr, INV_PRECISION=pr), plan.inverse_kernel)
                ] if from_kernel or plan.tm_scan else []
+    # its Gluon version wherever it applies (chunk_config's inverse_gluon; "auto" needs a GPU to say yes)
+    if inverse and _gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) is None:
+        from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
+
+        inverse.append(("inverse_gluon", chunk_inverse_gluon_kernel, ints, {"T": "i32", "num_tiles": "i32"},
+                        dict(common, BLOCK_K=plan.inverse_kernel.block_k, NUM_WARPS=plan.inverse_kernel.warps),
+                        plan.inverse_kernel))
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
@@ -113,6 +121,7 @@ def compile_report(config: dict, problem, arch: int = 90, dump_dir: Optional[str
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 
     from .chunk_config import resolve_plan
 
@@ -134,8 +143,9 @@ def compile_report(config: dict, problem, arch: int = 90, dump_dir: Optional[str
                 signature[arg] = pointer_types.get(arg, _PTR[problem.dtype])
         # a real launch specialises 16-byte aligned pointers; without it no load is vectorised
         attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names) if signature[arg].startswith("*")}
-        kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
-                                options=launch.options)
+        source = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(
+            fn, signature, constexprs=constexprs, attrs=attrs)
+        kernel = triton.compile(source, target=target, options=launch.options)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()

@@ -111,6 +111,14 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         summaries 9-13 % (D = 128 129 -> 118, D = 64 86 -> 75), but each call's host time
                         50-100 us longer (the descriptors are built and encoded at every launch) -- paid once
                         in a graph, so "auto" keeps pointers for calls launched one by one
+    inverse_gluon       the inverse kernel in Gluon (chunk_inverse_gluon.py: its workspace in shared memory, the
+                        block merges on the tensor cores in three tf32 passes -- float32's precision) in place
+                        of the Triton one: "auto" (default: on CUDA GPUs of compute capability 9 -- where it was
+                        measured -- for 16-bit inputs at chunk sizes 16-64, with at least 2 warps), "on" (compute
+                        capability 8.0 or later; never in Triton's interpreter, which cannot run Gluon) or
+                        "off". It serves the inference forward's Tm scan and inverse="kernel". H200, bf16,
+                        T = 16K (reports/h200-2026-11-30-s14/): the inverse 110 -> 80 us at D = 128, 210 -> 124
+                        at D = 64; the inference forward D = 128 1 x 16K 381 -> 350 us, D = 64 401 -> 314
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -176,12 +184,13 @@ SPACE: dict[str, tuple] = {
     "warps_summary": _WARPS,
     "stages_summary": _STAGES,
     "tma": ("auto", "on", "off"),
+    "inverse_gluon": ("auto", "on", "off"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
                       save_for_backward="intermediates", output="auto", grads_keys="auto",
-                      forward_scan="auto", tma="auto")
+                      forward_scan="auto", tma="auto", inverse_gluon="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -248,6 +257,7 @@ class ChunkPlan:
     combine: Launch  # segments > 1: the combine's row block of A (block_k), V tile, warps
     combine_precision: str  # the combine's float32 products
     tma: str = "off"  # the Tm scan's and summaries' tiles through tensor descriptors: "on", "off", "auto" (in graphs)
+    inverse_gluon: bool = False  # the inverse kernel's Gluon version (chunk_inverse_gluon.py) runs
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -596,7 +606,39 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      segments if tm_scan else 1, summary,
                      Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
                      config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT,
-                     tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off")
+                     tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off",
+                     inverse_gluon=config["inverse_gluon"] == "on" or (
+                         config["inverse_gluon"] == "auto" and _gluon_inverse_fits(problem, C, inverse.warps) is None
+                         and _gluon_gpu(problem.device, measured=True) is None))
+
+
+# chunk sizes the Gluon inverse covers (16 x 16 diagonal blocks, one to four of them)
+GLUON_INVERSE_CHUNKS = (16, 32, 64)
+
+
+def _gluon_inverse_fits(problem: Problem, chunk_size: int, warps: int) -> Optional[str]:
+    """Why the Gluon inverse (chunk_inverse_gluon.py) cannot take ``problem`` at ``chunk_size`` with ``warps``
+    warps, or None."""
+    if problem.itemsize != 2:
+        return f"16-bit inputs (its key products are mma_v2 on 16-bit operands), not {problem.dtype}"
+    if chunk_size not in GLUON_INVERSE_CHUNKS:
+        return f"chunk_size in {GLUON_INVERSE_CHUNKS}, not {chunk_size}"
+    if warps < 2:
+        return f"at least 2 warps (its merges split the warps over two columns), not warps_inverse={warps}"
+    return None
+
+
+def _gluon_gpu(device: str, measured: bool = False) -> Optional[str]:
+    """Why Gluon kernels cannot run on ``device`` (a Problem's device type), or None: they need a CUDA GPU of
+    compute capability 8.0 or later (``measured``: 9, where the Gluon inverse was measured faster), and
+    Triton's interpreter does not run them."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return f"a CUDA GPU (Triton's interpreter does not run Gluon kernels), not device {device!r}"
+    major, minor = torch.cuda.get_device_capability()
+    least = 9 if measured else 8
+    if major < least:
+        return f"compute capability {least}.0 or later, this GPU has {major}.{minor}"
+    return None
 
 
 def _has_tma(device: str) -> bool:
@@ -630,6 +672,11 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         major, minor = torch.cuda.get_device_capability()
         return (f'tma="on": tensor descriptors need compute capability 9.0 or later (Hopper), this GPU has '
                 f'{major}.{minor}; use tma="auto" or "off"')
+    if config.get("inverse_gluon") == "on":
+        plan = resolve_plan(config, problem)
+        reason = _gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) or _gluon_gpu(problem.device)
+        if reason:
+            return f'inverse_gluon="on": the Gluon inverse needs {reason}; use inverse_gluon="auto" or "off"'
     for key in ("stages_state", "stages_state_bwd", "stages_tm", "stages_summary"):
         if 0 < config.get(key, 0) < scan_stages:
             return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "
