@@ -356,6 +356,12 @@ def test_gluon_inverse_is_chosen_and_refused_where_it_should_be(monkeypatch):
     _fake_gpu(monkeypatch, lambda: capability[0])
     gpu = replace(problem, device="cuda")
     assert resolve_plan(DEFAULT_CONFIG, gpu).inverse_gluon and constraints(on, gpu) is None
+    # its launch: whole keys up to 128 under a 128-register cap; 64-wide key tiles, uncapped, at K = 256
+    launch = resolve_plan(DEFAULT_CONFIG, replace(gpu, K=128, V=128)).inverse_kernel
+    assert (launch.block_k, launch.max_regs, launch.options["maxnreg"]) == (128, 128, 128)
+    launch = resolve_plan(DEFAULT_CONFIG, replace(gpu, K=256, V=256)).inverse_kernel
+    assert (launch.block_k, launch.max_regs) == (64, 0)
+    assert resolve_plan(dict(DEFAULT_CONFIG, inverse_gluon="off"), replace(gpu, K=128, V=128)).inverse_kernel.max_regs == 0
     assert not resolve_plan(dict(DEFAULT_CONFIG, inverse_gluon="off"), gpu).inverse_gluon
     for config, other, reason in [
         (on, replace(gpu, dtype=torch.float32), "16-bit inputs"),

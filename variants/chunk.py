@@ -187,7 +187,7 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
         programs, _ = persistent_grid(num_tiles, C, k.device, False)
         chunk_inverse_gluon_kernel[(programs,)](
             k, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C, BLOCK_K=launch.block_k,
-            IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, num_warps=launch.warps,
+            IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, **launch.options,
         )
         return tm
     programs, scratch = persistent_grid(num_tiles, C, k.device, True)

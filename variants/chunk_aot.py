@@ -31,7 +31,7 @@ _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
 def _kernels(plan, problem):
     """(name, kernel, pointer types that differ from the input dtype's, scalar types, constexprs, launch)."""
     from .chunk_backward_grads import chunk_grads_kernel
-    from .chunk_config import _gluon_inverse_fits
+    from .chunk_config import _gluon_inverse_fits, gluon_inverse_launch
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
@@ -59,9 +59,9 @@ def _kernels(plan, problem):
     if inverse and _gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) is None:
         from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
 
+        launch = plan.inverse_kernel if plan.inverse_gluon else gluon_inverse_launch(plan.inverse_kernel, plan.key_tile)
         inverse.append(("inverse_gluon", chunk_inverse_gluon_kernel, ints, {"T": "i32", "num_tiles": "i32"},
-                        dict(common, BLOCK_K=plan.inverse_kernel.block_k, NUM_WARPS=plan.inverse_kernel.warps),
-                        plan.inverse_kernel))
+                        dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps), launch))
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)

@@ -117,8 +117,9 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         measured -- for 16-bit inputs at chunk sizes 16-64, with at least 2 warps), "on" (compute
                         capability 8.0 or later; never in Triton's interpreter, which cannot run Gluon) or
                         "off". It serves the inference forward's Tm scan and inverse="kernel". H200, bf16,
-                        T = 16K (reports/h200-2026-11-30-s14/): the inverse 110 -> 80 us at D = 128, 210 -> 124
-                        at D = 64; the inference forward D = 128 1 x 16K 381 -> 350 us, D = 64 401 -> 314
+                        T = 16K (reports/h200-2026-11-30-s14/): the inverse 110 -> 70 us at D = 128, 210 -> 118
+                        at D = 64, 67 -> 53 at D = 256; the inference forward's kernels D = 128 1 x 16K 380 ->
+                        345 us, D = 64 399 -> 312
 
 ``constraints`` rejects, before anything compiles, configs that cannot run: a tile larger than the
 (power-of-two padded) dimension it tiles, or estimated shared memory / registers beyond the device's.
@@ -601,19 +602,38 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         and _summary_needs(C, BK, bn, isz, 1, 4)[1] <= _MAX_REGS, True))
     summary = launch(_summary_needs, BK, block_summary, "warps_summary", "stages_summary", min_stages=scan_stages,
                      scan_programs=summaries * (-(-BV // block_summary) + -(-BK // block_summary)))
+    # the inverse kernel's Gluon version (inverse_gluon) takes its own key tile and register cap
+    gluon = config["inverse_gluon"] == "on" or (
+        config["inverse_gluon"] == "auto" and _gluon_inverse_fits(problem, C, inverse.warps) is None
+        and _gluon_gpu(problem.device, measured=True) is None)
+    if gluon:
+        inverse = gluon_inverse_launch(inverse, BK)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
                      segments if tm_scan else 1, summary,
                      Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
                      config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT,
                      tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off",
-                     inverse_gluon=config["inverse_gluon"] == "on" or (
-                         config["inverse_gluon"] == "auto" and _gluon_inverse_fits(problem, C, inverse.warps) is None
-                         and _gluon_gpu(problem.device, measured=True) is None))
+                     inverse_gluon=gluon)
 
 
 # chunk sizes the Gluon inverse covers (16 x 16 diagonal blocks, one to four of them)
 GLUON_INVERSE_CHUNKS = (16, 32, 64)
+# up to this padded K, its key tile is the whole key (fewer barriers between the loads and the products) under
+# a register cap of GLUON_INVERSE_MAX_REGS (four programs per SM instead of three; ptxas for sm_90: no spills).
+# H200, bf16, T = 16K, with its warps in a 2-column grid (reports/h200-2026-11-30-s14/, call 8): the inverse
+# 80 -> 71 us at D = 128, 124 -> 119 at D = 64 against 64-wide key tiles, no cap and a 1-column grid. At
+# K = 256 whole-key tiles take 237 registers and the cap spills: 64-wide tiles, uncapped (139 registers)
+GLUON_INVERSE_BLOCK_K = 128
+GLUON_INVERSE_MAX_REGS = 128
+
+
+def gluon_inverse_launch(inverse: Launch, key_tile: int) -> Launch:
+    """The Gluon inverse's launch from the Triton inverse's (``inverse``: its warps, and its key tile above
+    GLUON_INVERSE_BLOCK_K) at padded K ``key_tile``."""
+    if key_tile > GLUON_INVERSE_BLOCK_K:
+        return inverse
+    return replace(inverse, block_k=key_tile, max_regs=GLUON_INVERSE_MAX_REGS)
 
 
 def _gluon_inverse_fits(problem: Problem, chunk_size: int, warps: int) -> Optional[str]:

@@ -18,11 +18,13 @@ shared memory. Per tile (chunk * H + head; one program walks tiles program_id(0)
                                           "ieee" gives the Triton kernel; 1e-5 of float64 in the tests)
     Tm -> global memory                   in the input dtype, laid out like Aqk: [B T, H, C]
 
-H200, bf16, T = 16K (reports/h200-2026-11-30-s14/): the inverse kernel 110 -> 80 us at D = 128 (4096
-tiles), 210 -> 124 at D = 64 (8192). Measured and dropped there: the merges as FMA products (dot_fma, from
-shared memory: 91 / 161 us; Nsight Compute had the first version bound on shared-memory bandwidth, 94 % of
-the L1 pipe, with 8-way bank conflicts on A's stores) and a 128-register cap (four programs per SM instead of
-three: 78 / 122 us, within noise). The interpreter (TRITON_INTERPRET=1) cannot run Gluon, so CPU runs take
+H200, bf16, T = 16K (reports/h200-2026-11-30-s14/): the inverse kernel 110 -> 70 us at D = 128 (4096
+tiles), 210 -> 118 at D = 64 (8192), 67 -> 53 at D = 256. How it got there: a first version (A and Tm
+unswizzled, the merges as FMA products from shared memory, dot_fma) took 104 / 188 us -- Nsight Compute had
+it bound on shared-memory bandwidth (94 % of the L1 pipe; 8-way bank conflicts on A's stores, 2.8-way on
+loads); the swizzle 91 / 161; the merges on the tensor cores 80 / 124; whole-key tiles up to K = 128, a
+2-column warp grid and a 128-register cap (chunk_config.gluon_inverse_launch) 70 / 118. At 8 warps the first
+version took twice as long. The interpreter (TRITON_INTERPRET=1) cannot run Gluon, so CPU runs take
 the Triton kernel; the tests compile this one for sm_90 without a GPU and run it against float64 on a GPU.
 16-bit inputs and C in {16, 32, 64} (chunk_config.GLUON_INVERSE_CHUNKS); elsewhere the Triton kernel runs.
 """
@@ -100,15 +102,15 @@ def chunk_inverse_gluon_kernel(
     NB: gl.constexpr = C // 16
     # global loads of a [C, BLOCK_K] key tile: 16 bytes a thread
     load_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1], instr_shape=[16, 8])
+    # the tensor-core products (K K^T and the merges): warps in a 2-column grid, so that each warp reads half of
+    # K^T's columns from shared memory instead of all of them
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS // 2, 2], instr_shape=[16, 8])
     # [C, C] float32 tiles in and out of shared memory: 16 bytes a thread along rows
     tile_layout: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [NUM_WARPS, 1], [1, 0])
     # the diagonal blocks [NB, 16 rows, 16 columns]: a thread holds 8 rows of one column of one block
     diag_layout: gl.constexpr = gl.BlockedLayout([1, 8, 1], [1, 2, 16], [NUM_WARPS, 1, 1], [2, 1, 0])
     row_layout: gl.constexpr = gl.SliceLayout(2, diag_layout)  # [NB, 16]: row s of every block
     block_layout: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [NUM_WARPS, 1], [1, 0])  # [16, 16] copies
-    merge_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS // 2, 2],
-                                                        instr_shape=[16, 8])
     # [16, 1, 16] views of the diagonal blocks for the 3-D staging buffer
     staging_layout: gl.constexpr = gl.BlockedLayout([1, 1, 4], [8, 1, 4], [NUM_WARPS, 1, 1], [2, 1, 0])
     plain2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -177,9 +179,9 @@ def chunk_inverse_gluon_kernel(
         gl.thread_barrier()
 
         if C >= 32:
-            _merge_level(a_smem, tm_smem, 16, C, merge_mma)
+            _merge_level(a_smem, tm_smem, 16, C, mma)
         if C >= 64:
-            _merge_level(a_smem, tm_smem, 32, C, merge_mma)
+            _merge_level(a_smem, tm_smem, 32, C, mma)
 
         tm_tile = tm_smem.load(tile_layout)
         tok_tile = start + rows_tile
