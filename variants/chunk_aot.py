@@ -31,9 +31,9 @@ _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
 def _kernels(plan, problem):
     """(name, kernel, pointer types that differ from the input dtype's, scalar types, constexprs, launch)."""
     from .chunk_backward_grads import chunk_grads_kernel
-    from .chunk_config import _gluon_inverse_fits, gluon_inverse_launch
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
+    from .chunk_config import gluon_inverse_fits, gluon_inverse_launch
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_scan_tm import chunk_scan_tm_kernel
@@ -52,16 +52,20 @@ def _kernels(plan, problem):
     intra = dict(common, BLOCK_K=plan.intra.block_k, BLOCK_V=plan.intra.block_v, PRECISION=pr, INV_PRECISION=pr,
                  INVERSE="load" if from_kernel else plan.inverse)
     # the inverse kernel runs for inverse="kernel" and for forward_scan="tm" (inference)
-    inverse = [("inverse", chunk_inverse_kernel, {**ints, **f32("scratch")}, {"T": "i32", "num_tiles": "i32"},
-                dict(common, BLOCK_K=plan.inverse_kernel.block_k, PRECISION=pr, INV_PRECISION=pr), plan.inverse_kernel)
-               ] if from_kernel or plan.tm_scan else []
-    # its Gluon version wherever it applies (chunk_config's inverse_gluon; "auto" needs a GPU to say yes)
-    if inverse and _gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) is None:
-        from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
+    inverse = []
+    if from_kernel or plan.tm_scan:
+        if not plan.inverse_gluon:
+            inverse.append(("inverse", chunk_inverse_kernel, {**ints, **f32("scratch")}, {"T": "i32", "num_tiles": "i32"},
+                            dict(common, BLOCK_K=plan.inverse_kernel.block_k, PRECISION=pr, INV_PRECISION=pr),
+                            plan.inverse_kernel))
+        # its Gluon version wherever it applies (chunk_config's inverse_gluon, whose "auto" needs a GPU to say yes)
+        if gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) is None:
+            from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
 
-        launch = plan.inverse_kernel if plan.inverse_gluon else gluon_inverse_launch(plan.inverse_kernel, plan.key_tile)
-        inverse.append(("inverse_gluon", chunk_inverse_gluon_kernel, ints, {"T": "i32", "num_tiles": "i32"},
-                        dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps), launch))
+            launch = (plan.inverse_kernel if plan.inverse_gluon
+                      else gluon_inverse_launch(plan.inverse_kernel, plan.key_tile))
+            inverse.append(("inverse_gluon", chunk_inverse_gluon_kernel, ints, {"T": "i32", "num_tiles": "i32"},
+                            dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps), launch))
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)

@@ -52,7 +52,8 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         slower than workspace (D = 64 365 -> 1312 us, D = 128 258 -> 886, D = 256 309 ->
                         596; reports/h200-2026-11-29-s6/). The WY backward's recompute
                         (wy_inverse="recompute") builds Tm its own way for "workspace" and "kernel" alike
-    warps_inverse       warps of the inverse kernel (inverse="kernel"; 0: 4 where its registers fit)
+    warps_inverse       warps of the inverse kernel (inverse="kernel"; 0: 4 where its registers fit), its Gluon
+                        version's too (inverse_gluon)
     save_for_backward   what a differentiated call keeps for its backward: "intermediates" (default: W, U,
                         Aqk, Tm, the chunks' entering states and Vn, stored by the forward's kernels; the
                         backward skips its intra-chunk kernel and first scan) or "inputs" (q, k, v, beta
@@ -604,7 +605,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      scan_programs=summaries * (-(-BV // block_summary) + -(-BK // block_summary)))
     # the inverse kernel's Gluon version (inverse_gluon) takes its own key tile and register cap
     gluon = config["inverse_gluon"] == "on" or (
-        config["inverse_gluon"] == "auto" and _gluon_inverse_fits(problem, C, inverse.warps) is None
+        config["inverse_gluon"] == "auto" and gluon_inverse_fits(problem, C, inverse.warps) is None
         and _gluon_gpu(problem.device, measured=True) is None)
     if gluon:
         inverse = gluon_inverse_launch(inverse, BK)
@@ -623,7 +624,7 @@ GLUON_INVERSE_CHUNKS = (16, 32, 64)
 # a register cap of GLUON_INVERSE_MAX_REGS (four programs per SM instead of three; ptxas for sm_90: no spills).
 # H200, bf16, T = 16K, with its warps in a 2-column grid (reports/h200-2026-11-30-s14/, call 8): the inverse
 # 80 -> 71 us at D = 128, 124 -> 119 at D = 64 against 64-wide key tiles, no cap and a 1-column grid. At
-# K = 256 whole-key tiles take 237 registers and the cap spills: 64-wide tiles, uncapped (139 registers)
+# K = 256 whole-key tiles take 237 registers and the cap spills: 64-wide tiles, uncapped (162 registers)
 GLUON_INVERSE_BLOCK_K = 128
 GLUON_INVERSE_MAX_REGS = 128
 
@@ -636,7 +637,7 @@ def gluon_inverse_launch(inverse: Launch, key_tile: int) -> Launch:
     return replace(inverse, block_k=key_tile, max_regs=GLUON_INVERSE_MAX_REGS)
 
 
-def _gluon_inverse_fits(problem: Problem, chunk_size: int, warps: int) -> Optional[str]:
+def gluon_inverse_fits(problem: Problem, chunk_size: int, warps: int) -> Optional[str]:
     """Why the Gluon inverse (chunk_inverse_gluon.py) cannot take ``problem`` at ``chunk_size`` with ``warps``
     warps, or None."""
     if problem.itemsize != 2:
@@ -694,7 +695,7 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
                 f'{major}.{minor}; use tma="auto" or "off"')
     if config.get("inverse_gluon") == "on":
         plan = resolve_plan(config, problem)
-        reason = _gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) or _gluon_gpu(problem.device)
+        reason = gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) or _gluon_gpu(problem.device)
         if reason:
             return f'inverse_gluon="on": the Gluon inverse needs {reason}; use inverse_gluon="auto" or "off"'
     for key in ("stages_state", "stages_state_bwd", "stages_tm", "stages_summary"):

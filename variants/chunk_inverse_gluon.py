@@ -35,21 +35,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-
-@gluon.jit
-def _tile_range(tile, chunk_table, T, H: gl.constexpr, C: gl.constexpr, IS_VARLEN: gl.constexpr):
-    """(head, start, end): tile = chunk * H + head, and the chunk's flat token range (chunk_intra.chunk_bounds)."""
-    head = tile % H
-    chunk = tile // H
-    if IS_VARLEN:
-        start = gl.load(chunk_table + 2 * chunk).to(gl.int64)
-        end = gl.load(chunk_table + 2 * chunk + 1).to(gl.int64)
-    else:
-        chunks_per_seq = gl.cdiv(T, C)
-        seq = (chunk // chunks_per_seq).to(gl.int64)
-        start = seq * T + (chunk % chunks_per_seq) * C
-        end = gl.minimum(start + C, seq * T + T)
-    return head, start, end
+from .chunk_intra import chunk_bounds  # scalar code: Triton's jit functions serve Gluon kernels too
 
 
 @gluon.jit
@@ -143,7 +129,8 @@ def chunk_inverse_gluon_kernel(
     identity = gl.where(s_idx == c_idx, 1.0, 0.0) + gl.zeros([NB, 16, 16], gl.float32, diag_layout)
 
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        head, start, end = _tile_range(tile, chunk_table, T, H, C, IS_VARLEN)
+        head = tile % H
+        start, end = chunk_bounds(tile // H, chunk_table, T, C, IS_VARLEN)
         tok = start + rows_load
         tmask = tok < end
         acc = gl.zeros([C, C], gl.float32, mma)
