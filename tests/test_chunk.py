@@ -309,9 +309,7 @@ def test_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, B, T, K
     inputs = random_inputs(problem, seed=37, device=DEVICE, initial_state=True)
     config = {"chunk_size": 16, "input_precision": "ieee", "forward_scan": "tm", "scan_segments": segments,
               "block_v_tm": 16, "tma": "on"}
-    views = []
-    tma_views = chunk_module.tma_views
-    monkeypatch.setattr(chunk_module, "tma_views", lambda *args: views.append(tma_views(*args)) or views[-1])
+    views = _spy_on_tma_views(monkeypatch)
     out = run_op("chunk", inputs, config, backward=False)
     launches = 2 if segments > 1 else 1  # the segments' summaries, then the scan
     assert [view is not None for view in views] == [tma_runs] * launches
@@ -320,6 +318,14 @@ def test_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, B, T, K
     assert views[launches:] == [None] * launches
     assert rel_error(out["o"], pointers["o"]) <= 1e-5
     assert resolve_plan(dict(DEFAULT_CONFIG, tma="auto"), replace(problem, device="cpu")).tma == "off"
+
+
+def _spy_on_tma_views(monkeypatch) -> list:
+    """What each call of chunk.tma_views returns from now on (descriptors, or None where the kernels take pointers)."""
+    views = []
+    tma_views = chunk_module.tma_views
+    monkeypatch.setattr(chunk_module, "tma_views", lambda *args: views.append(tma_views(*args)) or views[-1])
+    return views
 
 
 def _fake_gpu(monkeypatch, capability) -> None:
@@ -572,6 +578,21 @@ def _inverse_reference(k: torch.Tensor, beta: torch.Tensor, C: int) -> torch.Ten
     return torch.stack(out)
 
 
+def _adversarial_keys(kind: str, shape: tuple, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys [..., K] normalised, betas [...]): random; all identical with beta = 1 (A the strict lower
+    triangle of ones: the Neumann series explodes, the inverse stays bounded); or two tight clusters."""
+    *lead, K = shape
+    if kind == "random":
+        k, beta = torch.randn(shape, generator=gen), torch.rand(lead, generator=gen)
+    elif kind == "identical":
+        k, beta = torch.randn(K, generator=gen).expand(shape).clone(), torch.ones(lead)
+    else:
+        centres = torch.randn(2, K, generator=gen)
+        k = centres[torch.arange(math.prod(lead)) % 2].view(shape) + 1e-3 * torch.randn(shape, generator=gen)
+        beta = 0.5 + 0.5 * torch.rand(lead, generator=gen)
+    return torch.nn.functional.normalize(k, dim=-1), beta
+
+
 @pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
 @pytest.mark.parametrize("keys", ["random", "identical", "two_clusters"])
 def test_inverse_is_accurate_on_adversarial_keys(chunk_size, keys):
@@ -579,20 +600,9 @@ def test_inverse_is_accurate_on_adversarial_keys(chunk_size, keys):
     float64 on normalised keys that are random, all identical (beta = 1: A is the strict lower triangle
     of ones, whose Neumann series explodes while the inverse stays bounded) or two tight clusters; a
     partial last chunk too. float32 keys, "ieee" products: relative error <= 1e-5."""
-    gen = torch.Generator().manual_seed(7)
     T, K = 2 * chunk_size + 5, 48
-    if keys == "random":
-        k = torch.randn(T, K, generator=gen)
-        beta = torch.rand(T, generator=gen)
-    elif keys == "identical":
-        k = torch.randn(1, K, generator=gen).expand(T, K).clone()
-        beta = torch.ones(T)
-    else:
-        centres = torch.randn(2, K, generator=gen)
-        k = centres[torch.arange(T) % 2] + 1e-3 * torch.randn(T, K, generator=gen)
-        beta = 0.5 + 0.5 * torch.rand(T, generator=gen)
-    k = torch.nn.functional.normalize(k, dim=-1).to(DEVICE)
-    beta = beta.to(DEVICE)
+    k, beta = _adversarial_keys(keys, (T, K), torch.Generator().manual_seed(7))
+    k, beta = k.to(DEVICE), beta.to(DEVICE)
     num_chunks = triton.cdiv(T, chunk_size)
     scratch = torch.full((num_chunks, chunk_size, chunk_size), float("nan"), device=DEVICE)
     out = torch.full((num_chunks, chunk_size, chunk_size), float("nan"), device=DEVICE)
@@ -915,9 +925,7 @@ def test_gpu_tm_scan_through_tensor_descriptors(poisoned_empty, monkeypatch, dty
     problem = Problem(B=B, T=4096 // B, H=1024 // K, K=K, V=K, dtype=dtype, device="cuda")
     inputs = random_inputs(problem, seed=41, device="cuda", initial_state=False)
     assert resolve_plan(dict(DEFAULT_CONFIG, **config), problem).tm_scan
-    views = []
-    tma_views = chunk_module.tma_views
-    monkeypatch.setattr(chunk_module, "tma_views", lambda *args: views.append(tma_views(*args)) or views[-1])
+    views = _spy_on_tma_views(monkeypatch)
     used = lambda: [view is not None for view in views]  # noqa: E731
 
     def call():
@@ -969,21 +977,6 @@ def test_gpu_tm_scan_segments(poisoned_empty, dtype, K, B, config):
     assert_close(out, ref, dtype, label=f"segments K={K} {config}")
     whole = run_op("chunk", inputs, dict(config, scan_segments=1), backward=False)
     assert rel_error(out["o"], whole["o"]) <= tolerance(dtype)
-
-
-def _adversarial_keys(kind: str, shape: tuple, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keys [..., K] normalised, betas [...]): random; all identical with beta = 1 (A the strict lower
-    triangle of ones: the Neumann series explodes, the inverse stays bounded); or two tight clusters."""
-    *lead, K = shape
-    if kind == "random":
-        k, beta = torch.randn(shape, generator=gen), torch.rand(lead, generator=gen)
-    elif kind == "identical":
-        k, beta = torch.randn(K, generator=gen).expand(shape).clone(), torch.ones(lead)
-    else:
-        centres = torch.randn(2, K, generator=gen)
-        k = centres[torch.arange(math.prod(lead)) % 2].view(shape) + 1e-3 * torch.randn(shape, generator=gen)
-        beta = 0.5 + 0.5 * torch.rand(lead, generator=gen)
-    return torch.nn.functional.normalize(k, dim=-1), beta
 
 
 def _chunk_inverses(plan, k: torch.Tensor, beta: torch.Tensor, cu_seqlens=None) -> torch.Tensor:

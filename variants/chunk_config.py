@@ -649,22 +649,31 @@ def gluon_inverse_fits(problem: Problem, chunk_size: int, warps: int) -> Optiona
     return None
 
 
+def _gpu_capability(device: str) -> Optional[tuple[int, int]]:
+    """The compute capability of the GPU that ``device`` (a Problem's device type) runs on; None where that is
+    no visible CUDA GPU (the interpreter's CPU tensors, a machine without one)."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())
+
+
 def _gluon_gpu(device: str, measured: bool = False) -> Optional[str]:
     """Why Gluon kernels cannot run on ``device`` (a Problem's device type), or None: they need a CUDA GPU of
     compute capability 8.0 or later (``measured``: 9, where the Gluon inverse was measured faster), and
     Triton's interpreter does not run them."""
-    if device != "cuda" or not torch.cuda.is_available():
+    capability = _gpu_capability(device)
+    if capability is None:
         return f"a CUDA GPU (Triton's interpreter does not run Gluon kernels), not device {device!r}"
-    major, minor = torch.cuda.get_device_capability()
     least = 9 if measured else 8
-    if major < least:
-        return f"compute capability {least}.0 or later, this GPU has {major}.{minor}"
+    if capability[0] < least:
+        return f"compute capability {least}.0 or later, this GPU has {capability[0]}.{capability[1]}"
     return None
 
 
 def _has_tma(device: str) -> bool:
     """Whether ``device`` (a Problem's device type) has Hopper's tensor memory accelerator."""
-    return device == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+    capability = _gpu_capability(device)
+    return capability is not None and capability[0] >= 9
 
 
 @functools.lru_cache(maxsize=1024)
@@ -689,10 +698,10 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         return ('forward_scan="tm" computes the output in its scan; output="separate" needs forward_scan="wu" '
                 'or "auto"')
     # (without a visible GPU, as device_limits, nothing is known against it)
-    if config.get("tma") == "on" and problem.device == "cuda" and torch.cuda.is_available() and not _has_tma("cuda"):
-        major, minor = torch.cuda.get_device_capability()
+    capability = _gpu_capability(problem.device)
+    if config.get("tma") == "on" and capability is not None and capability[0] < 9:
         return (f'tma="on": tensor descriptors need compute capability 9.0 or later (Hopper), this GPU has '
-                f'{major}.{minor}; use tma="auto" or "off"')
+                f'{capability[0]}.{capability[1]}; use tma="auto" or "off"')
     if config.get("inverse_gluon") == "on":
         plan = resolve_plan(config, problem)
         reason = gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) or _gluon_gpu(problem.device)
