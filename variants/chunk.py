@@ -7,9 +7,10 @@ Forward, two kernels (../shared/deltanet.md):
                         O = scale Q h + Aqk Vn, h <- h + K^T Vn (state in float32 registers).
 With output="separate" the scan stores h_c and Vn instead of computing O, and a third kernel
 (chunk_output.py) computes O for all chunks in parallel. Inference forwards with forward_scan="tm" run
-chunk_inverse_kernel (Tm) and chunk_scan_tm.py, which applies Tm inside the scan: no W, U or Aqk; with
-few sequences x heads that scan runs on segments of the sequences from their entering states
-(chunk_segments.py, scan_segments).
+chunk_inverse_kernel (Tm; chunk_inverse_gluon.py on Hopper) and chunk_scan_tm.py, which applies Tm inside
+the scan: no W, U or Aqk (chunk_scan_tm_gluon.py on Hopper at K = 128, in calls that take tensor
+descriptors: scan_gluon); with few sequences x heads that scan runs on segments of the sequences from their
+entering states (chunk_segments.py, scan_segments).
 Backward, five kernels. What the backward needs from the forward -- W, U, Aqk, Tm, every chunk's entering
 state h_c and Vn -- the forward keeps when the call will be differentiated (save_for_backward=
 "intermediates", the default: the forward's kernels also store Tm, h_c and Vn, and stages 1-2 below are
@@ -39,7 +40,9 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .chunk_backward_grads import chunk_grads_kernel
 from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
-from .chunk_config import DEFAULT_CONFIG, SPACE, ChunkPlan, constraints, device_limits, resolve_plan
+from .chunk_config import (
+    DEFAULT_CONFIG, GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, SPACE, ChunkPlan, constraints, device_limits, resolve_plan,
+)
 from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
 from .chunk_output import chunk_output_kernel
 from .chunk_scan_tm import chunk_scan_tm_kernel
@@ -212,6 +215,9 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
     launch = plan.scan_tm
     C = plan.chunk_size
     BK = plan.key_tile
+    if plan.scan_gluon != "off" and _scan_gluon(plan, layout, q, k, v, beta, tm, output, initial_state, final_state,
+                                                 scale, segments):
+        return
     tiles = tma_views(plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)])
     q_, k_, v_, tm_, output_ = tiles or (q, k, v, tm, output)
     chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
@@ -222,6 +228,42 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
     )
 
 
+def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output, initial_state, final_state,
+                scale: float, segments: int) -> bool:
+    """The Tm scan by chunk_scan_tm_gluon.py where plan.scan_gluon takes it -- "on", or "auto" where the call
+    takes tensor descriptors (``_descriptors_wanted``) -- and every tensor's rows are 16-byte aligned; False
+    (nothing launched) elsewhere, and the Triton scan runs."""
+    if plan.scan_gluon == "auto" and not _descriptors_wanted(plan):
+        return False
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel
+
+    T, H, K = k.shape[1:]
+    V = v.shape[-1]
+    C, BV = plan.chunk_size, GLUON_SCAN_BLOCK_V
+    element = gl.bfloat16 if k.dtype == torch.bfloat16 else gl.float16
+    views = []
+    for tensor, width in ((q, K), (k, K), (v, BV), (tm, C), (output, BV)):
+        flat = _aligned_rows(tensor)
+        if flat is None:
+            return False
+        layout = gl.NVMMASharedLayout.get_default_for([C, width], element)
+        views.append(GluonDescriptor.from_tensor(flat, [C, width], layout))
+    chunk_scan_tm_gluon_kernel[(triton.cdiv(V, BV), layout.num_seqs * segments * H)](
+        *views, beta, initial_state, final_state, T // segments, scale, H=H, K=K, V=V, C=C, BLOCK_V=BV,
+        HAS_H0=initial_state is not None, STORE_HT=final_state is not None, SEGMENTS=segments,
+        STAGES=GLUON_SCAN_STAGES, num_warps=4,
+    )
+    return True
+
+
+def _descriptors_wanted(plan: ChunkPlan) -> bool:
+    """Whether this call takes tensor descriptors (plan.tma: "on", or "auto" inside a CUDA graph capture)."""
+    return plan.tma == "on" or (plan.tma == "auto" and torch.cuda.is_current_stream_capturing())
+
+
 def tma_views(plan: ChunkPlan, cu_seqlens, tensors: list) -> Optional[list]:
     """Tensor descriptors (Hopper's copy engine, TMA) for [B, T, H, D] tensors read or written a chunk of rows
     by one head's column tile at a time: ``tensors`` holds (tensor, tile width) pairs; each descriptor views its
@@ -229,17 +271,26 @@ def tma_views(plan: ChunkPlan, cu_seqlens, tensors: list) -> Optional[list]:
     outside a CUDA graph capture (the descriptors cost host time at every launch, see chunk_config's tma),
     packed sequences, T not whole chunks, a width not dividing D (a tile would read the next head's columns)
     or a base or row not 16-byte aligned -- and the kernels take pointers."""
-    B, T = tensors[0][0].shape[:2]
-    wanted = plan.tma == "on" or (plan.tma == "auto" and torch.cuda.is_current_stream_capturing())
-    if not wanted or not tma_fits(plan, T, cu_seqlens is not None, [(t.shape[-1], width) for t, width in tensors]):
+    T = tensors[0][0].shape[1]
+    widths = [(t.shape[-1], width) for t, width in tensors]
+    if not _descriptors_wanted(plan) or not tma_fits(plan, T, cu_seqlens is not None, widths):
         return None
     views = []
     for tensor, width in tensors:
-        flat = tensor.reshape(B * T, -1)
-        if flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
+        flat = _aligned_rows(tensor)
+        if flat is None:
             return None
         views.append(TensorDescriptor.from_tensor(flat, [plan.chunk_size, width]))
     return views
+
+
+def _aligned_rows(tensor: torch.Tensor) -> Optional[torch.Tensor]:
+    """The [B T, H D] view of a [B, T, H, D] tensor that descriptors tile, or None where its base or rows are not
+    16-byte aligned (the copy engine's unit)."""
+    flat = tensor.reshape(tensor.shape[0] * tensor.shape[1], -1)
+    if flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
+        return None
+    return flat
 
 
 def tma_fits(plan: ChunkPlan, T: int, varlen: bool, widths: list) -> bool:
@@ -265,7 +316,8 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
     chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
         k_, v_, beta, tm_, initial_state, seg_values, seg_transitions, T // segments,
         SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=BK, BLOCK_N=launch.block_v,
-        HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None, **launch.options,
+        HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None,
+        TRANSPOSED=plan.summary_order == "vk", **launch.options,
     )
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
     combine = plan.combine

@@ -33,7 +33,8 @@ def _kernels(plan, problem):
     from .chunk_backward_grads import chunk_grads_kernel
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
-    from .chunk_config import gluon_inverse_fits, gluon_inverse_launch
+    from .chunk_config import (GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, Launch, gluon_inverse_fits, gluon_inverse_launch,
+                               gluon_scan_fits)
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_scan_tm import chunk_scan_tm_kernel
@@ -86,6 +87,24 @@ def _kernels(plan, problem):
                 dict(scan, BLOCK_V=BV, HAS_H0=True, STORE_HT=True, SEGMENTS=plan.segments,
                      TMA=bool(scan_descriptors)), plan.scan_tm)
                ] if plan.tm_scan else []
+    # the Tm scan's Gluon version wherever it applies (scan_gluon, whose "auto" needs a Hopper GPU to say yes):
+    # its descriptors carry their shared-memory layouts
+    if plan.tm_scan and gluon_scan_fits(problem, C) is None:
+        from triton.experimental.gluon import language as gl
+
+        from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel
+
+        def gluon_descriptor(width: int) -> str:
+            element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[problem.dtype]
+            layout = gl.NVMMASharedLayout.get_default_for([C, width], element)
+            return f"tensordesc<{_PTR[problem.dtype][1:]}[{C},{width}],{layout!r}>"
+
+        gluon = {"q": gluon_descriptor(BK), "k": gluon_descriptor(BK), "v": gluon_descriptor(GLUON_SCAN_BLOCK_V),
+                 "tm": gluon_descriptor(C), "o": gluon_descriptor(GLUON_SCAN_BLOCK_V)}
+        tm_scan.append(("scan_tm_gluon", chunk_scan_tm_gluon_kernel, {**gluon, **f32("h0", "ht")}, scalars,
+                        dict(H=problem.H, K=K, V=V, C=C, BLOCK_V=GLUON_SCAN_BLOCK_V, HAS_H0=True, STORE_HT=True,
+                             SEGMENTS=plan.segments, STAGES=GLUON_SCAN_STAGES),
+                        Launch(BK, GLUON_SCAN_BLOCK_V, 4, GLUON_SCAN_STAGES)))
     if plan.segments > 1:  # scan_segments: the summaries and their combine
         segment = dict(SEGMENTS=plan.segments, H=problem.H, K=K, V=V, BLOCK_K=BK)
         BN = plan.summary.block_v
@@ -93,7 +112,8 @@ def _kernels(plan, problem):
         tm_scan += [
             ("summary", chunk_segment_summary_kernel,
              {**f32("h0", "seg_values", "seg_transitions"), **summary_descriptors}, {"T_seg": "i32"},
-             dict(segment, C=C, BLOCK_N=BN, HAS_H0=True, PRECISION=pr, TMA=bool(summary_descriptors)),
+             dict(segment, C=C, BLOCK_N=BN, HAS_H0=True, PRECISION=pr, TMA=bool(summary_descriptors),
+                  TRANSPOSED=plan.summary_order == "vk"),
              plan.summary),
             ("combine", chunk_segment_combine_kernel, f32("h0", "seg_values", "seg_transitions", "seg_h0"), {},
              dict(segment, BLOCK_ROWS=plan.combine.block_k, BLOCK_V=plan.combine.block_v, HAS_H0=True,

@@ -112,6 +112,18 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         summaries 9-13 % (D = 128 129 -> 118, D = 64 86 -> 75), but each call's host time
                         50-100 us longer (the descriptors are built and encoded at every launch) -- paid once
                         in a graph, so "auto" keeps pointers for calls launched one by one
+    summary_order       the segment summaries' column tiles (chunk_segments.py): "kv" ([K, tile] of [b | A]), "vk"
+                        (the transposed [tile, K]: the chain's operand always on the left, from registers; tiles
+                        64 wide for the wgmma's 64 rows, at least SUMMARY_VK_STAGES stages) or "auto" (default:
+                        "vk" at padded K = SUMMARY_VK_KEY_TILE in 16 bits at C = 64, where it was measured)
+    scan_gluon          the Tm scan in Gluon (chunk_scan_tm_gluon.py: the transposed state, the output's products
+                        issued asynchronously beside the chain's, tiles through tensor descriptors): "auto"
+                        (default: on compute capability 9 at padded K = GLUON_SCAN_AUTO_KEY_TILE, 16-bit,
+                        C = 64, V a multiple of 64, fixed-length batches, in calls that take descriptors -- see
+                        tma), "on" (every call where those shapes hold, K = 64 or 128; refused elsewhere, with
+                        the reason) or "off". H200, bf16, with descriptors (reports/h200-2026-11-30-s15/): the
+                        scan 126 -> 91 us at D = 128 1 x 16K, 125 -> 93 at 4 x 4K; at D = 64 94 -> 102 (so
+                        "auto" leaves it there)
     inverse_gluon       the inverse kernel in Gluon (chunk_inverse_gluon.py: its workspace in shared memory, the
                         block merges on the tensor cores in three tf32 passes -- float32's precision) in place
                         of the Triton one: "auto" (default: on CUDA GPUs of compute capability 9 -- where it was
@@ -187,12 +199,15 @@ SPACE: dict[str, tuple] = {
     "stages_summary": _STAGES,
     "tma": ("auto", "on", "off"),
     "inverse_gluon": ("auto", "on", "off"),
+    "summary_order": ("auto", "kv", "vk"),
+    "scan_gluon": ("auto", "on", "off"),
 }
 
 DEFAULT_CONFIG: Config = {key: 0 for key in SPACE}
 DEFAULT_CONFIG.update(chunk_size=64, input_precision="ieee", wy_inverse="stored", inverse="kernel",
                       save_for_backward="intermediates", output="auto", grads_keys="auto",
-                      forward_scan="auto", tma="auto", inverse_gluon="auto")
+                      forward_scan="auto", tma="auto", inverse_gluon="auto",
+                      summary_order="auto", scan_gluon="auto")
 
 # H100/H200: 132 SMs, 227 KB shared memory per block (opt-in); used when no CUDA device is visible
 _DEFAULT_SMS = 132
@@ -260,6 +275,8 @@ class ChunkPlan:
     combine_precision: str  # the combine's float32 products
     tma: str = "off"  # the Tm scan's and summaries' tiles through tensor descriptors: "on", "off", "auto" (in graphs)
     inverse_gluon: bool = False  # the inverse kernel's Gluon version (chunk_inverse_gluon.py) runs
+    summary_order: str = "kv"  # the segment summaries' column tiles: "kv" ([K, tile]) or "vk" (transposed)
+    scan_gluon: str = "off"  # the Tm scan in Gluon (chunk_scan_tm_gluon.py): "on", "off", "auto" (with descriptors)
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -468,6 +485,14 @@ def _auto_segments(problem: Problem, chunk_size: int, whole_block_v: int) -> int
 # the summaries' automatic column tile at most this wide: H200, bf16, B = 1, T = 16K, G = 4 (s11), 64 -> 32
 # wide: the summary kernel 156 -> 144 us at D = 128, 124 -> 116 at D = 64
 SUMMARY_MAX_BLOCK = 32
+# summary_order "vk" (the transposed tile, chunk_segments.py): "auto" takes it at this padded K in 16 bits, with
+# 64-wide tiles (the wgmma's 64 rows; narrower ones fall back to mma_v2 -- kept even where few programs would
+# want narrower tiles to fill the SMs) and at least 3 stages. H200, bf16, D = 128, B = 1, T = 16K, G = 4, with
+# descriptors (reports/h200-2026-11-30-s15/): the summaries 117 -> 86 us (2 stages: 105, 32-wide: 222); through
+# pointers 130 -> 127; at D = 64 74 -> 76, so "kv" stays there
+SUMMARY_VK_KEY_TILE = 128
+SUMMARY_VK_BLOCK = 64
+SUMMARY_VK_STAGES = 3
 
 
 # the combine's V tile, row block of A and warps: G - 2 small steps per (sequence, head, V tile). Its
@@ -596,12 +621,18 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     scan_tm = launch(_scan_tm_needs, BK, block_v_tm, "warps_tm", "stages_tm", min_stages=scan_stages,
                      scan_programs=programs * segments * -(-BV // block_v_tm))
     # the segments' summaries: columns of [b | A] (V + K) for all segments but the last of each sequence
-    # (at most SUMMARY_MAX_BLOCK wide; a column tile lies within b or within A)
+    # (at most SUMMARY_MAX_BLOCK wide, SUMMARY_VK_BLOCK transposed; a column tile lies within b or within A)
     summaries = programs * (segments - 1)
-    block_summary = config["block_summary"] or min(SUMMARY_MAX_BLOCK, BV, BK, _auto_block_v(
-        summaries, BV + BK, BK, lambda bn: _summary_needs(C, BK, bn, isz, scan_stages, 4)[0] <= smem_limit
-        and _summary_needs(C, BK, bn, isz, 1, 4)[1] <= _MAX_REGS, True))
-    summary = launch(_summary_needs, BK, block_summary, "warps_summary", "stages_summary", min_stages=scan_stages,
+    summary_order = config["summary_order"]
+    if summary_order == "auto":
+        summary_order = "vk" if BK == SUMMARY_VK_KEY_TILE and isz < 4 and C == 64 else "kv"
+    vk = summary_order == "vk"
+    block_summary = config["block_summary"] or (min(SUMMARY_VK_BLOCK, BV, BK) if vk else min(
+        SUMMARY_MAX_BLOCK, BV, BK, _auto_block_v(
+            summaries, BV + BK, BK, lambda bn: _summary_needs(C, BK, bn, isz, scan_stages, 4)[0] <= smem_limit
+            and _summary_needs(C, BK, bn, isz, 1, 4)[1] <= _MAX_REGS, True)))
+    summary = launch(_summary_needs, BK, block_summary, "warps_summary", "stages_summary",
+                     min_stages=max(scan_stages, SUMMARY_VK_STAGES if vk else 1),
                      scan_programs=summaries * (-(-BV // block_summary) + -(-BK // block_summary)))
     # the inverse kernel's Gluon version (inverse_gluon) takes its own key tile and register cap
     gluon = config["inverse_gluon"] == "on" or (
@@ -609,13 +640,21 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
         and _gluon_gpu(problem.device, measured=True) is None)
     if gluon:
         inverse = gluon_inverse_launch(inverse, BK)
+    # the Tm scan's Gluon version (its own launch: GLUON_SCAN_*; scan_tm stays the Triton scan's, which runs where
+    # the Gluon one does not take the call)
+    scan_gluon = "off"
+    if tm_scan and config["scan_gluon"] == "on":
+        scan_gluon = "on"
+    elif (tm_scan and config["scan_gluon"] == "auto" and BK == GLUON_SCAN_AUTO_KEY_TILE
+          and gluon_scan_fits(problem, C) is None and _wgmma_gpu(problem.device) is None):
+        scan_gluon = "auto"  # where the call takes descriptors (tma)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
                      segments if tm_scan else 1, summary,
                      Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
                      config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT,
                      tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off",
-                     inverse_gluon=gluon)
+                     inverse_gluon=gluon, summary_order=summary_order, scan_gluon=scan_gluon)
 
 
 # chunk sizes the Gluon inverse covers (16 x 16 diagonal blocks, one to four of them)
@@ -627,6 +666,33 @@ GLUON_INVERSE_CHUNKS = (16, 32, 64)
 # K = 256 whole-key tiles take 237 registers and the cap spills: 64-wide tiles, uncapped (162 registers)
 GLUON_INVERSE_BLOCK_K = 128
 GLUON_INVERSE_MAX_REGS = 128
+
+
+# the Tm scan in Gluon (scan_gluon, chunk_scan_tm_gluon.py): one warpgroup on 64-wide V tiles (the wgmma's
+# 64 rows), three chunks of tiles in flight -- two stages measured 104 -> 131 us at D = 128 on an H200 (its
+# loads stream q, k, v and Tm at close to the memory's bandwidth); "auto" takes it at padded K = 128, where it was
+# measured faster (D = 64: 94 -> 102 us against the Triton scan)
+GLUON_SCAN_BLOCK_V = 64
+GLUON_SCAN_STAGES = 3
+GLUON_SCAN_AUTO_KEY_TILE = 128
+
+
+def gluon_scan_fits(problem: Problem, chunk_size: int) -> Optional[str]:
+    """Why the Gluon Tm scan (chunk_scan_tm_gluon.py) cannot take ``problem`` at ``chunk_size``, or None (it
+    also needs tensor descriptors: chunk.tma_fits, checked at the launch)."""
+    if problem.itemsize != 2:
+        return f"16-bit inputs (its products are wgmma on 16-bit operands), not {problem.dtype}"
+    if chunk_size != 64:
+        return f"chunk_size=64, not {chunk_size}"
+    if problem.K not in (64, 128):
+        return f"K in (64, 128) (whole-key tiles, 16-row wgmma atoms), not K={problem.K}"
+    if problem.V % GLUON_SCAN_BLOCK_V:
+        return f"V a multiple of {GLUON_SCAN_BLOCK_V}, not V={problem.V}"
+    if problem.varlen:
+        return "fixed-length batches (packed sequences have no whole-chunk descriptor tiles)"
+    if problem.T % chunk_size:
+        return f"T a multiple of chunk_size={chunk_size} (descriptor tiles of whole chunks), not T={problem.T}"
+    return None
 
 
 def gluon_inverse_launch(inverse: Launch, key_tile: int) -> Launch:
@@ -670,6 +736,17 @@ def _gluon_gpu(device: str, measured: bool = False) -> Optional[str]:
     return None
 
 
+def _wgmma_gpu(device: str) -> Optional[str]:
+    """Why Hopper's warpgroup MMA (the Gluon Tm scan) cannot run on ``device``, or None: compute capability 9
+    exactly (Blackwell has other tensor-core instructions), never in Triton's interpreter."""
+    capability = _gpu_capability(device)
+    if capability is None:
+        return f"a CUDA GPU (Triton's interpreter does not run Gluon kernels), not device {device!r}"
+    if capability[0] != 9:
+        return f"compute capability 9.x (Hopper's warpgroup MMA), this GPU has {capability[0]}.{capability[1]}"
+    return None
+
+
 def _has_tma(device: str) -> bool:
     """Whether ``device`` (a Problem's device type) has Hopper's tensor memory accelerator."""
     capability = _gpu_capability(device)
@@ -707,6 +784,12 @@ def _constraints(items: tuple, problem: Problem) -> Optional[str]:
         reason = gluon_inverse_fits(problem, plan.chunk_size, plan.inverse_kernel.warps) or _gluon_gpu(problem.device)
         if reason:
             return f'inverse_gluon="on": the Gluon inverse needs {reason}; use inverse_gluon="auto" or "off"'
+    if config.get("scan_gluon") == "on":
+        plan = resolve_plan(config, problem)
+        reason = (None if plan.tm_scan else "the Tm scan (forward_scan='tm' or 'auto' where it runs)") or (
+            gluon_scan_fits(problem, plan.chunk_size) or _wgmma_gpu(problem.device))
+        if reason:
+            return f'scan_gluon="on": the Gluon Tm scan needs {reason}; use scan_gluon="auto" or "off"'
     for key in ("stages_state", "stages_state_bwd", "stages_tm", "stages_summary"):
         if 0 < config.get(key, 0) < scan_stages:
             return (f"{key}={config[key]} with K={problem.K} > {WIDE_KEY_TILE} in 16-bit: the scans fault on an "

@@ -33,7 +33,7 @@ With TMA (config tma, chunk.py's ``tma_views``) the q, k, v, Tm and O tiles move
 the copy engine fetches a whole [C, width] tile per request, where cp.async needed per-thread addresses and
 masks (ptxas for sm_90: the loop 875 -> 810 instructions). H200, bf16: the scan 134 -> 124 us at D = 128,
 B = 1, T = 16K (reports/h200-2026-11-30-s13/), for host time at every launch -- so by default only in CUDA
-graphs.
+graphs. There, at K = 128, its Gluon version runs instead (chunk_scan_tm_gluon.py, config scan_gluon: 126 -> 91 us).
 """
 
 from __future__ import annotations
@@ -107,3 +107,4 @@ def chunk_scan_tm_kernel(
         if segment % SEGMENTS == SEGMENTS - 1:
             ht_base = ((segment // SEGMENTS) * H + head).to(tl.int64) * K * V
             tl.store(ht + ht_base + state_offs, state, mask=state_mask)
+
