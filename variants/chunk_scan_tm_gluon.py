@@ -60,6 +60,9 @@ def chunk_scan_tm_gluon_kernel(
     lhs_c: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_c, k_width=2)
     lhs_k: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_k, k_width=2)
     dtype: gl.constexpr = k.dtype
+    # the [C, C] products (K Q^T) share the [BLOCK_V, C] accumulators' layout and zeros; 16-bit tiles (tile_bytes)
+    gl.static_assert(BLOCK_V == C, "BLOCK_V must equal the chunk size C")
+    gl.static_assert(dtype.primitive_bitwidth == 16, "16-bit inputs")
 
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, C, K], k.layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, C, K], q.layout)
