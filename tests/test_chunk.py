@@ -427,6 +427,45 @@ def test_gluon_scan_and_summary_order_are_chosen_and_refused_where_they_should_b
         assert resolve_plan(base, other).scan_gluon == "off"
 
 
+def test_gluon_scan_launch_passes_what_the_kernel_expects(monkeypatch):
+    """chunk._scan_gluon's launch, with the kernel replaced by a recorder (the interpreter cannot run Gluon):
+    its grid (64-wide V tiles x segments x heads), descriptors of [B T, H D] views with [C, width] blocks and
+    the shared-memory layouts chunk_aot compiles, the segment length, and "auto" outside a graph capture (no
+    descriptors) launching nothing."""
+    from deltalab.variants import chunk_scan_tm_gluon
+
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
+
+    monkeypatch.setattr(chunk_scan_tm_gluon, "chunk_scan_tm_gluon_kernel", Recorder())
+    B, T, H, K, V, segments = 1, 512, 2, 128, 192, 4
+    problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.bfloat16, device="cpu")
+    inputs = random_inputs(problem, seed=5, device="cpu", initial_state=True)
+    plan = replace(resolve_plan(dict(DEFAULT_CONFIG, forward_scan="tm", scan_segments=segments), problem),
+                   scan_gluon="on")
+    layout = chunk_layout(B, T, None, plan.chunk_size, "cpu")
+    tm = torch.empty(B, T, H, plan.chunk_size, dtype=torch.bfloat16)
+    output, final_state = torch.empty_like(inputs.v), torch.empty(B, H, K, V)
+    args = (inputs.q, inputs.k, inputs.v, inputs.beta, tm, output, inputs.initial_state, final_state, 0.1, segments)
+    assert chunk_module._scan_gluon(plan, layout, *args)
+    (grid, launched, constants), = launches
+    assert grid == (V // 64, segments * H)
+    views = launched[:5]
+    assert [view.block_shape for view in views] == [[64, K], [64, K], [64, 64], [64, 64], [64, 64]]
+    assert [list(view.shape) for view in views] == [[B * T, H * K]] * 2 + [[B * T, H * V], [B * T, H * 64], [B * T, H * V]]
+    assert [view.layout for view in views] == [chunk_scan_tm_gluon.tile_layout(torch.bfloat16, 64, w)
+                                               for w in (K, K, 64, 64, 64)]
+    assert launched[5:] == (inputs.beta, inputs.initial_state, final_state, T // segments, 0.1)
+    assert constants == dict(H=H, K=K, V=V, C=64, BLOCK_V=64, HAS_H0=True, STORE_HT=True, SEGMENTS=segments,
+                             STAGES=3, num_warps=4)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # an eager call on a GPU
+    assert not chunk_module._scan_gluon(replace(plan, scan_gluon="auto", tma="auto"), layout, *args)
+    assert len(launches) == 1
+
+
 @pytest.mark.parametrize("dtype, segments, block_summary, h0, order", [
     (torch.float32, 4, 16, True, "kv"), (torch.float16, 2, 0, True, "kv"), (torch.float32, 8, 0, False, "kv"),
     (torch.float32, 4, 16, True, "vk"), (torch.float16, 2, 0, False, "vk")])

@@ -235,22 +235,19 @@ def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output,
     (nothing launched) elsewhere, and the Triton scan runs."""
     if plan.scan_gluon == "auto" and not _descriptors_wanted(plan):
         return False
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-    from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel
+    from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel, tile_layout
 
     T, H, K = k.shape[1:]
     V = v.shape[-1]
     C, BV = plan.chunk_size, GLUON_SCAN_BLOCK_V
-    element = gl.bfloat16 if k.dtype == torch.bfloat16 else gl.float16
     views = []
     for tensor, width in ((q, K), (k, K), (v, BV), (tm, C), (output, BV)):
         flat = _aligned_rows(tensor)
         if flat is None:
             return False
-        layout = gl.NVMMASharedLayout.get_default_for([C, width], element)
-        views.append(GluonDescriptor.from_tensor(flat, [C, width], layout))
+        views.append(GluonDescriptor.from_tensor(flat, [C, width], tile_layout(k.dtype, C, width)))
     chunk_scan_tm_gluon_kernel[(triton.cdiv(V, BV), layout.num_seqs * segments * H)](
         *views, beta, initial_state, final_state, T // segments, scale, H=H, K=K, V=V, C=C, BLOCK_V=BV,
         HAS_H0=initial_state is not None, STORE_HT=final_state is not None, SEGMENTS=segments,

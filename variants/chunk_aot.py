@@ -90,14 +90,10 @@ def _kernels(plan, problem):
     # the Tm scan's Gluon version wherever it applies (scan_gluon, whose "auto" needs a Hopper GPU to say yes):
     # its descriptors carry their shared-memory layouts
     if plan.tm_scan and gluon_scan_fits(problem, C) is None:
-        from triton.experimental.gluon import language as gl
-
-        from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel
+        from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel, tile_layout
 
         def gluon_descriptor(width: int) -> str:
-            element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[problem.dtype]
-            layout = gl.NVMMASharedLayout.get_default_for([C, width], element)
-            return f"tensordesc<{_PTR[problem.dtype][1:]}[{C},{width}],{layout!r}>"
+            return f"tensordesc<{_PTR[problem.dtype][1:]}[{C},{width}],{tile_layout(problem.dtype, C, width)!r}>"
 
         gluon = {"q": gluon_descriptor(BK), "k": gluon_descriptor(BK), "v": gluon_descriptor(GLUON_SCAN_BLOCK_V),
                  "tm": gluon_descriptor(C), "o": gluon_descriptor(GLUON_SCAN_BLOCK_V)}

@@ -107,4 +107,3 @@ def chunk_scan_tm_kernel(
         if segment % SEGMENTS == SEGMENTS - 1:
             ht_base = ((segment // SEGMENTS) * H + head).to(tl.int64) * K * V
             tl.store(ht + ht_base + state_offs, state, mask=state_mask)
-

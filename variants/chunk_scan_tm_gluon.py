@@ -30,11 +30,19 @@ arguments as chunk_scan_tm_kernel but for the descriptors, which carry their sha
 
 from __future__ import annotations
 
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
+
+
+def tile_layout(dtype: torch.dtype, rows: int, width: int) -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a [rows, width] 16-bit tile that the kernel's descriptors carry (the launch's
+    and chunk_aot's)."""
+    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([rows, width], element)
 
 
 @gluon.jit
