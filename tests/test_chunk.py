@@ -387,8 +387,8 @@ def test_gluon_inverse_is_chosen_and_refused_where_it_should_be(monkeypatch):
 
 
 def test_gluon_scan_and_summary_order_are_chosen_and_refused_where_they_should_be(monkeypatch):
-    """scan_gluon: "auto" takes the Gluon Tm scan on compute capability 9 at padded K = 128 in 16 bits, chunk 64
-    (where it was measured faster), where the call takes descriptors; "on" elsewhere is refused before any
+    """scan_gluon: "auto" takes the Gluon Tm scan on compute capability 9 at K = 64 and 128 in 16 bits, chunk 64,
+    where the call takes descriptors; "on" elsewhere is refused before any
     launch, naming the setting and the reason -- in the interpreter, float32, chunk 32, K = 96, a GPU that is
     not a Hopper (8.0, 10.0), a config without the Tm scan. summary_order "auto": the transposed summaries
     ("vk": 64-wide tiles, 3+ stages) at padded K = 128 in 16 bits, chunk 64; "kv" elsewhere."""
@@ -408,7 +408,7 @@ def test_gluon_scan_and_summary_order_are_chosen_and_refused_where_they_should_b
     gpu = replace(problem, device="cuda", T=1088)
     assert resolve_plan(base, gpu).scan_gluon == "auto" and constraints(on, gpu) is None
     assert resolve_plan(on, gpu).scan_gluon == "on"
-    assert resolve_plan(base, replace(gpu, K=64, V=64)).scan_gluon == "off"  # measured slower there
+    assert resolve_plan(base, replace(gpu, K=64, V=64)).scan_gluon == "auto"
     assert constraints(on, replace(gpu, K=64, V=64)) is None
     for config, other, reason in [
         (on, replace(gpu, dtype=torch.float32), "16-bit inputs"),
@@ -464,6 +464,54 @@ def test_gluon_scan_launch_passes_what_the_kernel_expects(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # an eager call on a GPU
     assert not chunk_module._scan_gluon(replace(plan, scan_gluon="auto", tma="auto"), layout, *args)
     assert len(launches) == 1
+
+
+def test_gluon_summaries_launch_passes_what_the_kernel_expects(monkeypatch):
+    """chunk._summaries_gluon's launch inside _segment_states, with the kernels replaced by recorders: its grid
+    (64-wide value tiles, then key tiles x summaries x heads), descriptors of [B T, H D] views with [C, width]
+    blocks and the layouts chunk_aot compiles, the summaries' buffers and segment length; the combine then
+    reads those buffers. Where the Gluon scan does not take the call ("auto" outside a graph capture) the
+    Triton summaries launch instead."""
+    from deltalab.variants import chunk_scan_tm_gluon, chunk_segments_gluon
+
+    launches = {}
+
+    def recorder(name):
+        class Recorder:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launches.setdefault(name, []).append((grid, args, kwargs))
+        return Recorder()
+
+    monkeypatch.setattr(chunk_segments_gluon, "chunk_segment_summary_gluon_kernel", recorder("gluon"))
+    monkeypatch.setattr(chunk_module, "chunk_segment_summary_kernel", recorder("triton"))
+    monkeypatch.setattr(chunk_module, "chunk_segment_combine_kernel", recorder("combine"))
+    B, T, H, K, V, segments = 2, 512, 3, 128, 192, 4
+    problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.bfloat16, device="cpu")
+    inputs = random_inputs(problem, seed=7, device="cpu", initial_state=True)
+    plan = replace(resolve_plan(dict(DEFAULT_CONFIG, forward_scan="tm", scan_segments=segments), problem),
+                   scan_gluon="on")
+    layout = chunk_layout(B, T, None, plan.chunk_size, "cpu")
+    tm = torch.empty(B, T, H, plan.chunk_size, dtype=torch.bfloat16)
+    args = (inputs.k, inputs.v, inputs.beta, tm, inputs.initial_state)
+    chunk_module._segment_states(plan, layout, *args)
+    (grid, launched, constants), = launches.pop("gluon")
+    assert grid == (V // 64 + K // 64, B * (segments - 1) * H)
+    views = launched[:3]
+    assert [view.block_shape for view in views] == [[64, K], [64, 64], [64, 64]]
+    assert [list(view.shape) for view in views] == [[B * T, H * K], [B * T, H * V], [B * T, H * 64]]
+    assert [view.layout for view in views] == [chunk_scan_tm_gluon.tile_layout(torch.bfloat16, 64, w)
+                                               for w in (K, 64, 64)]
+    beta, h0, seg_values, seg_transitions, segment_length = launched[3:]
+    assert beta is inputs.beta and h0 is inputs.initial_state and segment_length == T // segments
+    assert seg_values.shape == (B * (segments - 1), H, K, V) and seg_transitions.shape == (B * (segments - 1), H, K, K)
+    assert constants == dict(SEGMENTS=segments, H=H, K=K, V=V, C=64, BLOCK_N=64, HAS_H0=True, STAGES=3, NUM_WARPS=4,
+                             num_warps=4)
+    (_, combined, _), = launches.pop("combine")
+    assert combined[1] is seg_values and combined[2] is seg_transitions
+    assert "triton" not in launches
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # an eager call on a GPU
+    chunk_module._segment_states(replace(plan, scan_gluon="auto", tma="auto"), layout, *args)
+    assert sorted(launches) == ["combine", "triton"]
 
 
 @pytest.mark.parametrize("dtype, segments, block_summary, h0, order", [
@@ -867,8 +915,9 @@ def test_default_plan_compiles_for_sm90_without_spills(shape):
     # "inverse_gluon": the inverse kernel's Gluon version (inverse_gluon, chunk_inverse_gluon.py), which the
     # interpreter cannot run -- this compile is its CPU-side check; on a Hopper GPU the plan runs it in place of
     # the Triton "inverse"
-    # "scan_tm_gluon": the Tm scan's Gluon version (scan_gluon, chunk_scan_tm_gluon.py) at K = 128 likewise
-    wide = {"output"} if "256" in shape else {"summary", "combine", "scan_tm_gluon"}
+    # "scan_tm_gluon" and "summary_gluon": the Tm scan's and its segment summaries' Gluon versions (scan_gluon,
+    # chunk_scan_tm_gluon.py and chunk_segments_gluon.py) at K = 128 likewise
+    wide = {"output"} if "256" in shape else {"summary", "combine", "scan_tm_gluon", "summary_gluon"}
     gluon = resolve_plan(DEFAULT_CONFIG, Problem(B=1, T=4096, H=8, K=128, V=128, dtype=torch.bfloat16)).inverse_gluon
     assert set(report) == {"inverse_gluon", "intra", "state", "state_keep", "state_recompute",
                            "state_bwd", "grads", "wy", "scan_tm"} | wide | (set() if gluon else {"inverse"})
@@ -1085,39 +1134,49 @@ GPU_GLUON_SCAN_CASES = [
                          ids=[f"{str(c[0])[6:]}-B{c[1]}-T{c[2]}-K{c[3]}" for c in GPU_GLUON_SCAN_CASES])
 @pytest.mark.parametrize("h0", [True, False])
 def test_gpu_gluon_scan_matches_reference(poisoned_empty, monkeypatch, dtype, B, T, K, config, h0):
-    """scan_gluon="on" (chunk_scan_tm_gluon.py): the inference forward's o and final state against the
-    reference, and close to the Triton scan's; the Gluon kernel did run."""
+    """scan_gluon="on" (chunk_scan_tm_gluon.py, and on segments chunk_segments_gluon.py's summaries): the
+    inference forward's o and final state against the reference, and close to the Triton kernels'; the Gluon
+    kernels did run."""
     problem = Problem(B=B, T=T, H=2, K=K, V=K, dtype=dtype, device="cuda")
     inputs = random_inputs(problem, seed=43, device="cuda", initial_state=h0)
     config = dict(config, forward_scan="tm", scan_gluon="on")
     assert constraints(dict(DEFAULT_CONFIG, **config), problem) is None
-    ran = []
-    scan_gluon = chunk_module._scan_gluon
-    monkeypatch.setattr(chunk_module, "_scan_gluon", lambda *args: ran.append(scan_gluon(*args)) or ran[-1])
+    segmented = resolve_plan(dict(DEFAULT_CONFIG, **config), problem).segments > 1
+    ran, summarized = _record_gluon_launches(monkeypatch)
     out = run_op("chunk", inputs, config, backward=False)
-    assert ran == [True]
+    assert ran == [True] and summarized == [True] * segmented
     ref = run_op("reference", inputs.to(torch.float64), backward=False)
     assert_close(out, ref, dtype, label=f"gluon scan {config}")
     triton_scan = run_op("chunk", inputs, dict(config, scan_gluon="off"), backward=False)
-    assert ran == [True]
+    assert ran == [True] and summarized == [True, False][:2 * segmented]
     assert rel_error(out["o"], triton_scan["o"]) <= tolerance(dtype)
     assert rel_error(out["final_state"], triton_scan["final_state"]) <= tolerance(dtype)
 
 
+def _record_gluon_launches(monkeypatch) -> tuple[list, list]:
+    """Lists that record, call by call, whether chunk._scan_gluon and chunk._summaries_gluon launched their
+    Gluon kernels."""
+    ran, summarized = [], []
+    scan_gluon, summaries_gluon = chunk_module._scan_gluon, chunk_module._summaries_gluon
+    monkeypatch.setattr(chunk_module, "_scan_gluon", lambda *args: ran.append(scan_gluon(*args)) or ran[-1])
+    monkeypatch.setattr(chunk_module, "_summaries_gluon",
+                        lambda *args: summarized.append(summaries_gluon(*args)) or summarized[-1])
+    return ran, summarized
+
+
 @pytest.mark.gpu
 def test_gpu_gluon_scan_runs_in_graphs_by_default(poisoned_empty, monkeypatch):
-    """scan_gluon="auto" at D = 128 in bf16: the Triton scan in eager calls (no descriptors: tma "auto"), the
-    Gluon scan inside a CUDA graph capture; the replay matches the eager output and the reference."""
+    """scan_gluon="auto" at D = 128 in bf16: the Triton scan and summaries in eager calls (no descriptors: tma
+    "auto"), the Gluon ones inside a CUDA graph capture; the replay matches the eager output and the reference."""
     problem = Problem(B=1, T=4096, H=4, K=128, V=128, dtype=torch.bfloat16, device="cuda")
     inputs = random_inputs(problem, seed=47, device="cuda", initial_state=False)
-    assert resolve_plan(DEFAULT_CONFIG, problem).scan_gluon == "auto"
-    ran = []
-    scan_gluon = chunk_module._scan_gluon
-    monkeypatch.setattr(chunk_module, "_scan_gluon", lambda *args: ran.append(scan_gluon(*args)) or ran[-1])
+    plan = resolve_plan(DEFAULT_CONFIG, problem)
+    assert plan.scan_gluon == "auto" and plan.segments > 1
+    ran, summarized = _record_gluon_launches(monkeypatch)
 
     eager, captured = _eager_then_captured(
         lambda: delta_rule(inputs.q, inputs.k, inputs.v, inputs.beta, variant="chunk")[0])
-    assert ran == [False, True]
+    assert ran == [False, True] and summarized == [False, True]
     ref = run_op("reference", inputs.to(torch.float64), backward=False)
     assert rel_error(captured, ref["o"]) <= tolerance(torch.bfloat16)
     assert rel_error(captured, eager) <= tolerance(torch.bfloat16)
@@ -1167,6 +1226,34 @@ def test_gpu_gluon_inverse_matches_float64(chunk_size, K, keys, varlen):
             ref = _inverse_reference(keys_h, beta_h, chunk_size).reshape(-1, chunk_size)[: got.shape[0]]
             assert rel_error(got, ref) <= 1e-5, (seq, head, rel_error(got, ref))
     assert rel_error(out, triton_out) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk_size, K", [(16, 64), (32, 128), (64, 64), (64, 128)])
+@pytest.mark.parametrize("keys", ["random", "identical"])
+def test_gpu_gluon_inverse_keys_through_descriptors(monkeypatch, chunk_size, K, keys):
+    """tma="on": the Gluon inverse takes its keys through a descriptor (whole chunks, whole keys), the next
+    tile's while one is inverted -- the same Tm as through pointers, bit for bit, and within 1e-5 of float64
+    for every chunk and head; tma="off" keeps the pointers."""
+    gen = torch.Generator().manual_seed(chunk_size * K)
+    B, T, H = 2, 4 * chunk_size, 3
+    k, beta = _adversarial_keys(keys, (B, T, H, K), gen)
+    k, beta = k.to("cuda", torch.bfloat16), beta.to("cuda", torch.bfloat16)
+    problem = Problem(B=B, T=T, H=H, K=K, V=K, dtype=torch.bfloat16, device="cuda")
+    plan = resolve_plan(dict(DEFAULT_CONFIG, chunk_size=chunk_size, inverse_gluon="on", tma="on"), problem)
+    described = []
+    descriptor = chunk_module._inverse_key_descriptor
+    monkeypatch.setattr(chunk_module, "_inverse_key_descriptor",
+                        lambda *args: described.append(descriptor(*args)) or described[-1])
+    through_descriptor = _chunk_inverses(plan, k, beta)
+    through_pointers = _chunk_inverses(replace(plan, tma="off"), k, beta)
+    assert described[0] is not None and described[1] is None
+    assert torch.isfinite(through_descriptor).all()
+    assert torch.equal(through_descriptor, through_pointers)
+    for seq in range(B):
+        for head in range(H):
+            ref = _inverse_reference(k[seq, :, head], beta[seq, :, head], chunk_size).reshape(-1, chunk_size)
+            assert rel_error(through_descriptor[seq, :, head], ref) <= 1e-5, (seq, head)
 
 
 @pytest.mark.gpu

@@ -41,7 +41,8 @@ from .chunk_backward_grads import chunk_grads_kernel
 from .chunk_backward_state import chunk_state_bwd_kernel
 from .chunk_backward_wy import chunk_wy_bwd_kernel
 from .chunk_config import (
-    DEFAULT_CONFIG, GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, SPACE, ChunkPlan, constraints, device_limits, resolve_plan,
+    DEFAULT_CONFIG, GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, GLUON_SUMMARY_BLOCK, SPACE, ChunkPlan, constraints,
+    device_limits, resolve_plan,
 )
 from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
 from .chunk_output import chunk_output_kernel
@@ -187,10 +188,13 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
     if plan.inverse_gluon:  # its workspace in shared memory (chunk_inverse_gluon.py)
         from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
 
+        # (12 programs per SM where 4 fit, as the Triton kernels: 8 or 4 measured no faster, s16)
         programs, _ = persistent_grid(num_tiles, C, k.device, False)
+        keys = _inverse_key_descriptor(plan, k, is_varlen, launch.block_k)
         chunk_inverse_gluon_kernel[(programs,)](
-            k, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C, BLOCK_K=launch.block_k,
-            IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, **launch.options,
+            k if keys is None else keys, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
+            BLOCK_K=launch.block_k, IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, TMA=keys is not None,
+            **launch.options,
         )
         return tm
     programs, scratch = persistent_grid(num_tiles, C, k.device, True)
@@ -199,6 +203,24 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
         IS_VARLEN=is_varlen, PRECISION=plan.precision, INV_PRECISION=plan.precision, **launch.options,
     )
     return tm
+
+
+def _inverse_key_descriptor(plan: ChunkPlan, k: torch.Tensor, varlen: bool, key_tile: int):
+    """The Gluon inverse's keys as a descriptor of k's [B T, H K] view with [C, K] blocks where the call takes
+    descriptors (plan.tma, ``_descriptors_wanted``) and they tile whole chunks with whole keys (fixed-length
+    sequences of whole chunks, a key tile of all K, 16-byte aligned rows); else None (the kernel loads them
+    through pointers)."""
+    T, K = k.shape[1], k.shape[-1]
+    if not _descriptors_wanted(plan) or key_tile != K or not tma_fits(plan, T, varlen, [(K, K)]):
+        return None
+    flat = _aligned_rows(k)
+    if flat is None:
+        return None
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .chunk_scan_tm_gluon import tile_layout
+
+    return GluonDescriptor.from_tensor(flat, [plan.chunk_size, K], tile_layout(k.dtype, plan.chunk_size, K))
 
 
 def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, scale: float, initial_state,
@@ -230,30 +252,42 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
 
 def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output, initial_state, final_state,
                 scale: float, segments: int) -> bool:
-    """The Tm scan by chunk_scan_tm_gluon.py where plan.scan_gluon takes it -- "on", or "auto" where the call
-    takes tensor descriptors (``_descriptors_wanted``) -- and every tensor's rows are 16-byte aligned; False
+    """The Tm scan by chunk_scan_tm_gluon.py where plan.scan_gluon takes the call (``_gluon_views``); False
     (nothing launched) elsewhere, and the Triton scan runs."""
-    if plan.scan_gluon == "auto" and not _descriptors_wanted(plan):
-        return False
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
-    from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel, tile_layout
-
     T, H, K = k.shape[1:]
     V = v.shape[-1]
     C, BV = plan.chunk_size, GLUON_SCAN_BLOCK_V
-    views = []
-    for tensor, width in ((q, K), (k, K), (v, BV), (tm, C), (output, BV)):
-        flat = _aligned_rows(tensor)
-        if flat is None:
-            return False
-        views.append(GluonDescriptor.from_tensor(flat, [C, width], tile_layout(k.dtype, C, width)))
+    views = _gluon_views(plan, [(q, K), (k, K), (v, BV), (tm, C), (output, BV)])
+    if views is None:
+        return False
+    from .chunk_scan_tm_gluon import chunk_scan_tm_gluon_kernel
+
     chunk_scan_tm_gluon_kernel[(triton.cdiv(V, BV), layout.num_seqs * segments * H)](
         *views, beta, initial_state, final_state, T // segments, scale, H=H, K=K, V=V, C=C, BLOCK_V=BV,
         HAS_H0=initial_state is not None, STORE_HT=final_state is not None, SEGMENTS=segments,
         STAGES=GLUON_SCAN_STAGES, num_warps=4,
     )
     return True
+
+
+def _gluon_views(plan: ChunkPlan, tensors: list) -> Optional[list]:
+    """Gluon tensor descriptors -- carrying their shared-memory layouts -- of (tensor, tile width) pairs as
+    tma_views makes them, where plan.scan_gluon takes the call ("on", or "auto" where the call takes
+    descriptors: ``_descriptors_wanted``) and every tensor's rows are 16-byte aligned; else None."""
+    if plan.scan_gluon == "off" or (plan.scan_gluon == "auto" and not _descriptors_wanted(plan)):
+        return None
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .chunk_scan_tm_gluon import tile_layout
+
+    views = []
+    for tensor, width in tensors:
+        flat = _aligned_rows(tensor)
+        if flat is None:
+            return None
+        views.append(GluonDescriptor.from_tensor(flat, [plan.chunk_size, width],
+                                                 tile_layout(tensor.dtype, plan.chunk_size, width)))
+    return views
 
 
 def _descriptors_wanted(plan: ChunkPlan) -> bool:
@@ -306,16 +340,17 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
     summaries = B * (segments - 1)
     seg_values = torch.empty(summaries, H, K, V, dtype=torch.float32, device=k.device)
     seg_transitions = torch.empty(summaries, H, K, K, dtype=torch.float32, device=k.device)
-    launch = plan.summary
     BK = plan.key_tile
-    tiles = tma_views(plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)])
-    k_, v_, tm_ = tiles or (k, v, tm)
-    chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
-        k_, v_, beta, tm_, initial_state, seg_values, seg_transitions, T // segments,
-        SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=BK, BLOCK_N=launch.block_v,
-        HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None,
-        TRANSPOSED=plan.summary_order == "vk", **launch.options,
-    )
+    if not _summaries_gluon(plan, k, v, beta, tm, initial_state, seg_values, seg_transitions, segments):
+        launch = plan.summary
+        tiles = tma_views(plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)])
+        k_, v_, tm_ = tiles or (k, v, tm)
+        chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
+            k_, v_, beta, tm_, initial_state, seg_values, seg_transitions, T // segments,
+            SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_K=BK, BLOCK_N=launch.block_v,
+            HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None,
+            TRANSPOSED=plan.summary_order == "vk", **launch.options,
+        )
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
     combine = plan.combine
     chunk_segment_combine_kernel[(triton.cdiv(V, combine.block_v), B * H)](
@@ -324,6 +359,26 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
         HAS_H0=initial_state is not None, PRECISION=plan.combine_precision, **combine.options,
     )
     return seg_h0
+
+
+def _summaries_gluon(plan: ChunkPlan, k, v, beta, tm, initial_state, seg_values, seg_transitions,
+                     segments: int) -> bool:
+    """The segment summaries by chunk_segments_gluon.py wherever the Gluon scan takes the call
+    (``_gluon_views``); False (nothing launched) elsewhere, and the Triton summaries run."""
+    T, H, K = k.shape[1:]
+    V = v.shape[-1]
+    BN = GLUON_SUMMARY_BLOCK  # divides V and K where the Gluon scan runs (chunk_config.gluon_scan_fits)
+    views = _gluon_views(plan, [(k, K), (v, BN), (tm, plan.chunk_size)])
+    if views is None:
+        return False
+    from .chunk_segments_gluon import chunk_segment_summary_gluon_kernel
+
+    chunk_segment_summary_gluon_kernel[(V // BN + K // BN, seg_values.shape[0] * H)](
+        *views, beta, initial_state, seg_values, seg_transitions, T // segments,
+        SEGMENTS=segments, H=H, K=K, V=V, C=plan.chunk_size, BLOCK_N=BN, HAS_H0=initial_state is not None,
+        STAGES=GLUON_SCAN_STAGES, NUM_WARPS=BN // 16, num_warps=BN // 16,
+    )
+    return True
 
 
 def _scan(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, w, u, aqk, scale: float, initial_state,

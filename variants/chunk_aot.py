@@ -33,8 +33,8 @@ def _kernels(plan, problem):
     from .chunk_backward_grads import chunk_grads_kernel
     from .chunk_backward_state import chunk_state_bwd_kernel
     from .chunk_backward_wy import chunk_wy_bwd_kernel
-    from .chunk_config import (GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, Launch, gluon_inverse_fits, gluon_inverse_launch,
-                               gluon_scan_fits)
+    from .chunk_config import (GLUON_SCAN_BLOCK_V, GLUON_SCAN_STAGES, GLUON_SUMMARY_BLOCK, Launch, gluon_inverse_fits,
+                               gluon_inverse_launch, gluon_scan_fits)
     from .chunk_intra import chunk_intra_fwd_kernel, chunk_inverse_kernel
     from .chunk_output import chunk_output_kernel
     from .chunk_scan_tm import chunk_scan_tm_kernel
@@ -66,7 +66,17 @@ def _kernels(plan, problem):
             launch = (plan.inverse_kernel if plan.inverse_gluon
                       else gluon_inverse_launch(plan.inverse_kernel, plan.key_tile))
             inverse.append(("inverse_gluon", chunk_inverse_gluon_kernel, ints, {"T": "i32", "num_tiles": "i32"},
-                            dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps), launch))
+                            dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps, TMA=False), launch))
+            # its keys through a descriptor (tma) where whole-key tiles of whole chunks exist
+            if (plan.tma != "off" and launch.block_k == problem.K
+                    and tma_fits(plan, problem.T, problem.varlen, [(problem.K, problem.K)])):
+                from .chunk_scan_tm_gluon import tile_layout
+
+                keys = f"tensordesc<{_PTR[problem.dtype][1:]}[{plan.chunk_size},{problem.K}]," \
+                       f"{tile_layout(problem.dtype, plan.chunk_size, problem.K)!r}>"
+                inverse.append(("inverse_gluon_tma", chunk_inverse_gluon_kernel, {**ints, "k": keys},
+                                {"T": "i32", "num_tiles": "i32"},
+                                dict(common, BLOCK_K=launch.block_k, NUM_WARPS=launch.warps, TMA=True), launch))
     fused = not plan.separate_output
     separate = [("output", chunk_output_kernel, ints, scalars,
                  dict(common, BLOCK_K=plan.output.block_k, BLOCK_V=plan.output.block_v, PRECISION=pr), plan.output)
@@ -101,6 +111,15 @@ def _kernels(plan, problem):
                         dict(H=problem.H, K=K, V=V, C=C, BLOCK_V=GLUON_SCAN_BLOCK_V, HAS_H0=True, STORE_HT=True,
                              SEGMENTS=plan.segments, STAGES=GLUON_SCAN_STAGES),
                         Launch(BK, GLUON_SCAN_BLOCK_V, 4, GLUON_SCAN_STAGES)))
+        if plan.segments > 1:  # its summaries' Gluon version
+            from .chunk_segments_gluon import chunk_segment_summary_gluon_kernel
+
+            tm_scan.append(("summary_gluon", chunk_segment_summary_gluon_kernel,
+                            {"k": gluon_descriptor(BK), "v": gluon_descriptor(GLUON_SUMMARY_BLOCK),
+                             "tm": gluon_descriptor(C), **f32("h0", "seg_values", "seg_transitions")}, {"T_seg": "i32"},
+                            dict(SEGMENTS=plan.segments, H=problem.H, K=K, V=V, C=C, BLOCK_N=GLUON_SUMMARY_BLOCK,
+                                 HAS_H0=True, STAGES=GLUON_SCAN_STAGES, NUM_WARPS=GLUON_SUMMARY_BLOCK // 16),
+                            Launch(BK, GLUON_SUMMARY_BLOCK, GLUON_SUMMARY_BLOCK // 16, GLUON_SCAN_STAGES)))
     if plan.segments > 1:  # scan_segments: the summaries and their combine
         segment = dict(SEGMENTS=plan.segments, H=problem.H, K=K, V=V, BLOCK_K=BK)
         BN = plan.summary.block_v

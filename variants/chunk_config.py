@@ -111,19 +111,24 @@ Every kernel's launch settings are flat config keys. A tile/warps/stages key set
                         faster (D = 128 1 x 16K 134 -> 124 us, 4 x 4K 131 -> 122; D = 64 100 -> 93), the
                         summaries 9-13 % (D = 128 129 -> 118, D = 64 86 -> 75), but each call's host time
                         50-100 us longer (the descriptors are built and encoded at every launch) -- paid once
-                        in a graph, so "auto" keeps pointers for calls launched one by one
+                        in a graph, so "auto" keeps pointers for calls launched one by one. The Gluon inverse
+                        takes its keys through one too (whole-key tiles of whole chunks): 70.2 -> 67.8 us at
+                        D = 128, 118.7 -> 114.8 at D = 64 (1 x 16K, reports/h200-2026-11-30-s16/)
     summary_order       the segment summaries' column tiles (chunk_segments.py): "kv" ([K, tile] of [b | A]), "vk"
                         (the transposed [tile, K]: the chain's operand always on the left, from registers; tiles
                         64 wide for the wgmma's 64 rows, at least SUMMARY_VK_STAGES stages) or "auto" (default:
                         "vk" at padded K = SUMMARY_VK_KEY_TILE in 16 bits at C = 64, where it was measured)
-    scan_gluon          the Tm scan in Gluon (chunk_scan_tm_gluon.py: the transposed state, the output's products
-                        issued asynchronously beside the chain's, tiles through tensor descriptors): "auto"
-                        (default: on compute capability 9 at padded K = GLUON_SCAN_AUTO_KEY_TILE, 16-bit,
-                        C = 64, V a multiple of 64, fixed-length batches, in calls that take descriptors -- see
-                        tma), "on" (every call where those shapes hold, K = 64 or 128; refused elsewhere, with
-                        the reason) or "off". H200, bf16, with descriptors (reports/h200-2026-11-30-s15/): the
-                        scan 126 -> 91 us at D = 128 1 x 16K, 125 -> 93 at 4 x 4K; at D = 64 94 -> 102 (so
-                        "auto" leaves it there)
+    scan_gluon          the Tm scan and its segment summaries in Gluon (chunk_scan_tm_gluon.py,
+                        chunk_segments_gluon.py: the transposed state, the output's products issued
+                        asynchronously beside the chain's, tiles through tensor descriptors): "auto" (default:
+                        on compute capability 9 at K = 64 or 128, 16-bit, C = 64, V a multiple of 64,
+                        fixed-length batches, in calls that take descriptors -- see tma), "on" (every call
+                        where those shapes hold; refused elsewhere, with the reason) or "off". H200, bf16, with
+                        descriptors: the scan 126 -> 91 us at D = 128 1 x 16K, 125 -> 93 at 4 x 4K
+                        (reports/h200-2026-11-30-s15/); the summaries 87.5 -> 77.1 at D = 128 1 x 16K; at
+                        D = 64 1 x 16K the scan 95.2 -> 83.8 and the summaries 74.6 -> 61.8, and all four
+                        D = 64 shapes of the paper's grid 3-7 % faster in CUDA graphs
+                        (reports/h200-2026-11-30-s16/)
     inverse_gluon       the inverse kernel in Gluon (chunk_inverse_gluon.py: its workspace in shared memory, the
                         block merges on the tensor cores in three tf32 passes -- float32's precision) in place
                         of the Triton one: "auto" (default: on CUDA GPUs of compute capability 9 -- where it was
@@ -645,8 +650,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     scan_gluon = "off"
     if tm_scan and config["scan_gluon"] == "on":
         scan_gluon = "on"
-    elif (tm_scan and config["scan_gluon"] == "auto" and BK == GLUON_SCAN_AUTO_KEY_TILE
-          and gluon_scan_fits(problem, C) is None and _wgmma_gpu(problem.device) is None):
+    elif (tm_scan and config["scan_gluon"] == "auto" and gluon_scan_fits(problem, C) is None
+          and _wgmma_gpu(problem.device) is None):
         scan_gluon = "auto"  # where the call takes descriptors (tma)
     return ChunkPlan(C, config["input_precision"], BK, config["wy_inverse"] == "stored", config["inverse"],
                      separate, intra, state, state_bwd, grads, wy, output, inverse, key_grid, tm_scan, scan_tm,
@@ -670,11 +675,14 @@ GLUON_INVERSE_MAX_REGS = 128
 
 # the Tm scan in Gluon (scan_gluon, chunk_scan_tm_gluon.py): one warpgroup on 64-wide V tiles (the wgmma's
 # 64 rows), three chunks of tiles in flight -- two stages measured 104 -> 131 us at D = 128 on an H200 (its
-# loads stream q, k, v and Tm at close to the memory's bandwidth); "auto" takes it at padded K = 128, where it was
-# measured faster (D = 64: 94 -> 102 us against the Triton scan)
+# loads stream q, k, v and Tm at close to the memory's bandwidth). Session 15 measured it slower at D = 64
+# (94 -> 102 us) and "auto" left it at K = 128; session 16, with the kernel as it is, faster there (95 -> 84)
 GLUON_SCAN_BLOCK_V = 64
 GLUON_SCAN_STAGES = 3
-GLUON_SCAN_AUTO_KEY_TILE = 128
+# its segment summaries (chunk_segments_gluon.py): 64 columns a program, one warpgroup. H200, bf16, 1 x 16K with
+# descriptors (reports/h200-2026-11-30-s16/): 87.5 -> 77.1 us against the Triton ones at D = 128, 74.6 -> 61.8 at
+# D = 64; 128 columns on two warpgroups (80 programs, one per SM, instead of 160) took 89.4 at D = 128
+GLUON_SUMMARY_BLOCK = 64
 
 
 def gluon_scan_fits(problem: Problem, chunk_size: int) -> Optional[str]:

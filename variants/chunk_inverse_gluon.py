@@ -24,7 +24,13 @@ unswizzled, the merges as FMA products from shared memory, dot_fma) took 104 / 1
 it bound on shared-memory bandwidth (94 % of the L1 pipe; 8-way bank conflicts on A's stores, 2.8-way on
 loads); the swizzle 91 / 161; the merges on the tensor cores 80 / 124; whole-key tiles up to K = 128, a
 2-column warp grid and a 128-register cap (chunk_config.gluon_inverse_launch) 70 / 118. At 8 warps the first
-version took twice as long. The interpreter (TRITON_INTERPRET=1) cannot run Gluon, so CPU runs take
+version took twice as long. Session 16 (reports/h200-2026-11-30-s16/): where its 70 us go at D = 128, from
+copies with one stage left out -- the merges 20 us (35 of 119 at D = 64), the keys' loads 8, K K^T 8.5, the
+substitution 7, the store 2; Nsight Compute: 89 % of the L1 / shared-memory pipe, short-scoreboard stalls.
+The keys through a descriptor (TMA, next tile prefetched; config tma) 70.2 -> 67.8 us, 118.7 -> 114.8 at
+D = 64; the level's two pairs side by side 67.8 -> 67.1, 114.8 -> 113.1; one tf32 pass instead of three 3 us
+(not taken: float32's precision is the point of the merges); 4 or 8 programs per SM instead of 12 no faster.
+The interpreter (TRITON_INTERPRET=1) cannot run Gluon, so CPU runs take
 the Triton kernel; the tests compile this one for sm_90 without a GPU and run it against float64 on a GPU.
 16-bit inputs and C in {16, 32, 64} (chunk_config.GLUON_INVERSE_CHUNKS); elsewhere the Triton kernel runs.
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from .chunk_intra import chunk_bounds  # scalar code: Triton's jit functions serve Gluon kernels too
 
@@ -61,30 +68,45 @@ def _dot_tf32x3(a_view, b_view, acc, mma: gl.constexpr):
 def _merge_level(a_smem, tm_smem, P: gl.constexpr, C: gl.constexpr, mma: gl.constexpr):
     """Pairs of P x P diagonal blocks of Tm (in tm_smem) -> 2P x 2P: the block below the pair's diagonal
     becomes -T_b (A_ba T_a), A_ba = A[b rows, a columns] (from a_smem); both products tf32x3. Tm's blocks
-    above the diagonal are zero (T_a and T_b are read whole)."""
-    for pair in gl.static_range(C // (2 * P)):
-        # the pair's blocks start at rows / columns 2 pair P (a) and 2 pair P + P (b)
-        a_ba = a_smem.slice(2 * pair * P + P, P, dim=0).slice(2 * pair * P, P, dim=1)
-        t_a = tm_smem.slice(2 * pair * P, P, dim=0).slice(2 * pair * P, P, dim=1)
-        t_b = tm_smem.slice(2 * pair * P + P, P, dim=0).slice(2 * pair * P + P, P, dim=1)
-        lower = tm_smem.slice(2 * pair * P + P, P, dim=0).slice(2 * pair * P, P, dim=1)
-        y = _dot_tf32x3(a_ba, t_a, gl.zeros([P, P], gl.float32, mma), mma)
-        lower.store(y)  # through shared memory: T_b's product reads it as its right operand
-        gl.thread_barrier()
-        z = _dot_tf32x3(t_b, lower, gl.zeros([P, P], gl.float32, mma), mma)
-        gl.thread_barrier()
-        lower.store(-z)
+    above the diagonal are zero (T_a and T_b are read whole). C / 2P is 1 or 2 (C <= 64): two pairs run
+    their products side by side, sharing the barriers between them."""
+    gl.static_assert(C // (2 * P) <= 2, "one or two pairs a level")
+    y0 = _dot_tf32x3(_block(a_smem, 1, 0, P), _block(tm_smem, 0, 0, P), gl.zeros([P, P], gl.float32, mma), mma)
+    if C // (2 * P) == 2:
+        y1 = _dot_tf32x3(_block(a_smem, 3, 2, P), _block(tm_smem, 2, 2, P), gl.zeros([P, P], gl.float32, mma), mma)
+    # through shared memory: T_b's product reads it as its right operand
+    _block(tm_smem, 1, 0, P).store(y0)
+    if C // (2 * P) == 2:
+        _block(tm_smem, 3, 2, P).store(y1)
     gl.thread_barrier()
+    z0 = _dot_tf32x3(_block(tm_smem, 1, 1, P), _block(tm_smem, 1, 0, P), gl.zeros([P, P], gl.float32, mma), mma)
+    if C // (2 * P) == 2:
+        z1 = _dot_tf32x3(_block(tm_smem, 3, 3, P), _block(tm_smem, 3, 2, P), gl.zeros([P, P], gl.float32, mma),
+                         mma)
+    gl.thread_barrier()
+    _block(tm_smem, 1, 0, P).store(-z0)
+    if C // (2 * P) == 2:
+        _block(tm_smem, 3, 2, P).store(-z1)
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _block(smem, row: gl.constexpr, col: gl.constexpr, P: gl.constexpr):
+    """The P x P block (row, col) of a [C, C] shared-memory matrix."""
+    return smem.slice(row * P, P, dim=0).slice(col * P, P, dim=1)
 
 
 @gluon.jit
 def chunk_inverse_gluon_kernel(
     k, beta, tm, chunk_table, T, num_tiles,
     H: gl.constexpr, K: gl.constexpr, C: gl.constexpr, BLOCK_K: gl.constexpr, IS_VARLEN: gl.constexpr,
-    NUM_WARPS: gl.constexpr,
+    NUM_WARPS: gl.constexpr, TMA: gl.constexpr = False,
 ):
     """Tm of tiles program_id(0), + num_programs(0), ... into ``tm`` ([B T, H, C], input dtype); k [B T, H, K]
-    and beta [B T, H] as the Triton kernel takes them. 16-bit k, C in {16, 32, 64}, NUM_WARPS = num_warps >= 2."""
+    and beta [B T, H] as the Triton kernel takes them. 16-bit k, C in {16, 32, 64}, NUM_WARPS = num_warps >= 2.
+    With TMA, k is a tensor descriptor of its [B T, H K] view with [C, K] blocks (fixed-length sequences of
+    whole chunks, BLOCK_K = K): the copy engine brings each tile's keys into shared memory, the next tile's
+    while this one's inverse runs, where the loads through registers stall on them (and store them again)."""
     NB: gl.constexpr = C // 16
     # global loads of a [C, BLOCK_K] key tile: 16 bytes a thread
     load_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
@@ -105,8 +127,16 @@ def chunk_inverse_gluon_kernel(
     swizzled: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 4, [1, 0])
     plain3: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
 
-    key_smem = gl.allocate_shared_memory(k.dtype.element_ty, [C, BLOCK_K],
-                                         gl.NVMMASharedLayout.get_default_for([C, BLOCK_K], k.dtype.element_ty))
+    if TMA:
+        gl.static_assert(BLOCK_K == K, "whole-key tiles through the descriptor")
+        gl.static_assert(k.dtype.primitive_bitwidth == 16, "16-bit keys")
+        key_smem = gl.allocate_shared_memory(k.dtype, [C, K], k.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(ready.index(0), count=1)
+        _load_keys(k, key_smem, ready.index(0), gl.program_id(0), num_tiles, H, K, C)
+    else:
+        key_smem = gl.allocate_shared_memory(k.dtype.element_ty, [C, BLOCK_K],
+                                             gl.NVMMASharedLayout.get_default_for([C, BLOCK_K], k.dtype.element_ty))
     a_smem = gl.allocate_shared_memory(gl.float32, [C, C], swizzled)
     tm_smem = gl.allocate_shared_memory(gl.float32, [C, C], swizzled)
     # A's diagonal blocks row by row, diag_rows[s NB + n, j] = A[16 n + s, 16 n + j]: row s of every block is
@@ -128,21 +158,30 @@ def chunk_inverse_gluon_kernel(
     c_idx = gl.arange(0, 16, gl.SliceLayout(0, gl.SliceLayout(1, diag_layout)))[None, None, :]
     identity = gl.where(s_idx == c_idx, 1.0, 0.0) + gl.zeros([NB, 16, 16], gl.float32, diag_layout)
 
+    phase = 0
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         head = tile % H
         start, end = chunk_bounds(tile // H, chunk_table, T, C, IS_VARLEN)
-        tok = start + rows_load
-        tmask = tok < end
         acc = gl.zeros([C, C], gl.float32, mma)
-        for d0 in gl.static_range(0, K, BLOCK_K):
-            dd = d0 + cols_load
-            key_tile = gl.load(k + (tok * H + head)[:, None] * K + dd[None, :],
-                               mask=tmask[:, None] & (dd < K)[None, :], other=0.0)
-            gl.thread_barrier()  # the last reads of key_smem are done
-            key_smem.store(key_tile)
-            gl.thread_barrier()
+        if TMA:
+            mbarrier.wait(ready.index(0), phase)
+            phase ^= 1
             acc = mma_v2(key_smem.load(gl.DotOperandLayout(0, mma, 2)),
                          key_smem.permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2)), acc)
+            gl.thread_barrier()  # every warp's reads of key_smem are done: the next tile's keys may come
+            _load_keys(k, key_smem, ready.index(0), tile + gl.num_programs(0), num_tiles, H, K, C)
+        else:
+            tok = start + rows_load
+            tmask = tok < end
+            for d0 in gl.static_range(0, K, BLOCK_K):
+                dd = d0 + cols_load
+                key_tile = gl.load(k + (tok * H + head)[:, None] * K + dd[None, :],
+                                   mask=tmask[:, None] & (dd < K)[None, :], other=0.0)
+                gl.thread_barrier()  # the last reads of key_smem are done
+                key_smem.store(key_tile)
+                gl.thread_barrier()
+                acc = mma_v2(key_smem.load(gl.DotOperandLayout(0, mma, 2)),
+                             key_smem.permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2)), acc)
         tok_mma = start + rows_mma
         b = gl.load(beta + tok_mma * H + head, mask=tok_mma < end, other=0.0).to(gl.float32)
         a = gl.where(rows_mma[:, None] > cols_mma[None, :], acc * b[:, None], 0.0)
@@ -175,3 +214,14 @@ def chunk_inverse_gluon_kernel(
         gl.store(tm + (tok_tile * H + head)[:, None] * C + cols_tile[None, :], tm_tile.to(tm.dtype.element_ty),
                  mask=(tok_tile < end)[:, None])
         gl.thread_barrier()  # tm_smem is read before the next tile writes it
+    if TMA:
+        mbarrier.invalidate(ready.index(0))
+
+
+@gluon.jit
+def _load_keys(k, key_smem, bar, tile, num_tiles, H: gl.constexpr, K: gl.constexpr, C: gl.constexpr):
+    """Tile ``tile``'s keys [C, K] (chunk tile // H, whole chunks: token row (tile // H) C) into key_smem through
+    descriptor k, signalling ``bar``, if the tile exists."""
+    pred = tile < num_tiles
+    mbarrier.expect(bar, C * K * 2, pred=pred)
+    tma.async_copy_global_to_shared(k, [(tile // H * C).to(gl.int32), (tile % H) * K], bar, key_smem, pred=pred)
