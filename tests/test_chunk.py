@@ -434,13 +434,8 @@ def test_gluon_scan_launch_passes_what_the_kernel_expects(monkeypatch):
     descriptors) launching nothing."""
     from deltalab.variants import chunk_scan_tm_gluon
 
-    launches = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
-
-    monkeypatch.setattr(chunk_scan_tm_gluon, "chunk_scan_tm_gluon_kernel", Recorder())
+    launches = {}
+    monkeypatch.setattr(chunk_scan_tm_gluon, "chunk_scan_tm_gluon_kernel", _LaunchRecorder(launches, "scan"))
     B, T, H, K, V, segments = 1, 512, 2, 128, 192, 4
     problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.bfloat16, device="cpu")
     inputs = random_inputs(problem, seed=5, device="cpu", initial_state=True)
@@ -451,7 +446,7 @@ def test_gluon_scan_launch_passes_what_the_kernel_expects(monkeypatch):
     output, final_state = torch.empty_like(inputs.v), torch.empty(B, H, K, V)
     args = (inputs.q, inputs.k, inputs.v, inputs.beta, tm, output, inputs.initial_state, final_state, 0.1, segments)
     assert chunk_module._scan_gluon(plan, layout, *args)
-    (grid, launched, constants), = launches
+    (grid, launched, constants), = launches["scan"]
     assert grid == (V // 64, segments * H)
     views = launched[:5]
     assert [view.block_shape for view in views] == [[64, K], [64, K], [64, 64], [64, 64], [64, 64]]
@@ -463,7 +458,18 @@ def test_gluon_scan_launch_passes_what_the_kernel_expects(monkeypatch):
                              STAGES=3, num_warps=4)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # an eager call on a GPU
     assert not chunk_module._scan_gluon(replace(plan, scan_gluon="auto", tma="auto"), layout, *args)
-    assert len(launches) == 1
+    assert len(launches["scan"]) == 1
+
+
+class _LaunchRecorder:
+    """Stands in for a kernel: ``kernel[grid](*args, **kwargs)`` appends (grid, args, kwargs) to
+    ``launches[name]`` (the interpreter cannot run Gluon; the launch tests check what a launcher passes)."""
+
+    def __init__(self, launches: dict, name: str):
+        self.launches, self.name = launches, name
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.setdefault(self.name, []).append((grid, args, kwargs))
 
 
 def test_gluon_summaries_launch_passes_what_the_kernel_expects(monkeypatch):
@@ -475,16 +481,10 @@ def test_gluon_summaries_launch_passes_what_the_kernel_expects(monkeypatch):
     from deltalab.variants import chunk_scan_tm_gluon, chunk_segments_gluon
 
     launches = {}
-
-    def recorder(name):
-        class Recorder:
-            def __getitem__(self, grid):
-                return lambda *args, **kwargs: launches.setdefault(name, []).append((grid, args, kwargs))
-        return Recorder()
-
-    monkeypatch.setattr(chunk_segments_gluon, "chunk_segment_summary_gluon_kernel", recorder("gluon"))
-    monkeypatch.setattr(chunk_module, "chunk_segment_summary_kernel", recorder("triton"))
-    monkeypatch.setattr(chunk_module, "chunk_segment_combine_kernel", recorder("combine"))
+    monkeypatch.setattr(chunk_segments_gluon, "chunk_segment_summary_gluon_kernel",
+                        _LaunchRecorder(launches, "gluon"))
+    monkeypatch.setattr(chunk_module, "chunk_segment_summary_kernel", _LaunchRecorder(launches, "triton"))
+    monkeypatch.setattr(chunk_module, "chunk_segment_combine_kernel", _LaunchRecorder(launches, "combine"))
     B, T, H, K, V, segments = 2, 512, 3, 128, 192, 4
     problem = Problem(B=B, T=T, H=H, K=K, V=V, dtype=torch.bfloat16, device="cpu")
     inputs = random_inputs(problem, seed=7, device="cpu", initial_state=True)

@@ -213,14 +213,8 @@ def _inverse_key_descriptor(plan: ChunkPlan, k: torch.Tensor, varlen: bool, key_
     T, K = k.shape[1], k.shape[-1]
     if not _descriptors_wanted(plan) or key_tile != K or not tma_fits(plan, T, varlen, [(K, K)]):
         return None
-    flat = _aligned_rows(k)
-    if flat is None:
-        return None
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
-    from .chunk_scan_tm_gluon import tile_layout
-
-    return GluonDescriptor.from_tensor(flat, [plan.chunk_size, K], tile_layout(k.dtype, plan.chunk_size, K))
+    views = _gluon_descriptors(plan, [(k, K)])
+    return None if views is None else views[0]
 
 
 def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, scale: float, initial_state,
@@ -271,23 +265,26 @@ def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output,
 
 
 def _gluon_views(plan: ChunkPlan, tensors: list) -> Optional[list]:
-    """Gluon tensor descriptors -- carrying their shared-memory layouts -- of (tensor, tile width) pairs as
-    tma_views makes them, where plan.scan_gluon takes the call ("on", or "auto" where the call takes
-    descriptors: ``_descriptors_wanted``) and every tensor's rows are 16-byte aligned; else None."""
+    """``_gluon_descriptors`` of (tensor, tile width) pairs where plan.scan_gluon takes the call ("on", or "auto"
+    where the call takes descriptors: ``_descriptors_wanted``); else None."""
     if plan.scan_gluon == "off" or (plan.scan_gluon == "auto" and not _descriptors_wanted(plan)):
         return None
+    return _gluon_descriptors(plan, tensors)
+
+
+def _gluon_descriptors(plan: ChunkPlan, tensors: list) -> Optional[list]:
+    """Gluon tensor descriptors -- carrying their shared-memory layouts -- of (tensor, tile width) pairs as
+    tma_views makes them, or None where a tensor's base or rows are not 16-byte aligned."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from .chunk_scan_tm_gluon import tile_layout
 
-    views = []
-    for tensor, width in tensors:
-        flat = _aligned_rows(tensor)
-        if flat is None:
-            return None
-        views.append(GluonDescriptor.from_tensor(flat, [plan.chunk_size, width],
-                                                 tile_layout(tensor.dtype, plan.chunk_size, width)))
-    return views
+    flats = _aligned_views([tensor for tensor, _ in tensors])
+    if flats is None:
+        return None
+    return [GluonDescriptor.from_tensor(flat, [plan.chunk_size, width],
+                                        tile_layout(tensor.dtype, plan.chunk_size, width))
+            for flat, (tensor, width) in zip(flats, tensors)]
 
 
 def _descriptors_wanted(plan: ChunkPlan) -> bool:
@@ -306,22 +303,19 @@ def tma_views(plan: ChunkPlan, cu_seqlens, tensors: list) -> Optional[list]:
     widths = [(t.shape[-1], width) for t, width in tensors]
     if not _descriptors_wanted(plan) or not tma_fits(plan, T, cu_seqlens is not None, widths):
         return None
-    views = []
-    for tensor, width in tensors:
-        flat = _aligned_rows(tensor)
-        if flat is None:
-            return None
-        views.append(TensorDescriptor.from_tensor(flat, [plan.chunk_size, width]))
-    return views
-
-
-def _aligned_rows(tensor: torch.Tensor) -> Optional[torch.Tensor]:
-    """The [B T, H D] view of a [B, T, H, D] tensor that descriptors tile, or None where its base or rows are not
-    16-byte aligned (the copy engine's unit)."""
-    flat = tensor.reshape(tensor.shape[0] * tensor.shape[1], -1)
-    if flat.data_ptr() % 16 or (flat.stride(0) * tensor.element_size()) % 16:
+    flats = _aligned_views([tensor for tensor, _ in tensors])
+    if flats is None:
         return None
-    return flat
+    return [TensorDescriptor.from_tensor(flat, [plan.chunk_size, width]) for flat, (_, width) in zip(flats, tensors)]
+
+
+def _aligned_views(tensors: list) -> Optional[list]:
+    """The [B T, H D] views of [B, T, H, D] tensors that descriptors tile, or None where any one's base or rows
+    are not 16-byte aligned (the copy engine's unit)."""
+    flats = [tensor.reshape(tensor.shape[0] * tensor.shape[1], -1) for tensor in tensors]
+    if any(flat.data_ptr() % 16 or (flat.stride(0) * flat.element_size()) % 16 for flat in flats):
+        return None
+    return flats
 
 
 def tma_fits(plan: ChunkPlan, T: int, varlen: bool, widths: list) -> bool:

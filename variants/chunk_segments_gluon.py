@@ -26,6 +26,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+from .chunk_scan_tm_gluon import _state_offsets
+
 
 @gluon.jit
 def chunk_segment_summary_gluon_kernel(
@@ -81,7 +83,7 @@ def chunk_segment_summary_gluon_kernel(
     if is_value:
         state = gl.zeros([BLOCK_N, K], gl.float32, acc_k)
         if HAS_H0:
-            h0_tile = gl.load(h0 + (seq * H + head).to(gl.int64) * K * V + cols[:, None] + dk[None, :] * V,
+            h0_tile = gl.load(h0 + _state_offsets(head, seq, pid_n, H, K, V, BLOCK_N, state_layout),
                               mask=(dk[None, :] >= 0) & first_segment, other=0.0)
             state += gl.convert_layout(h0_tile, acc_k)
     else:
@@ -119,7 +121,7 @@ def chunk_segment_summary_gluon_kernel(
         mbarrier.invalidate(ready.index(s))
     state = gl.convert_layout(state, state_layout)
     if is_value:
-        gl.store(seg_values + (summary * H + head).to(gl.int64) * K * V + cols[:, None] + dk[None, :] * V, state)
+        gl.store(seg_values + _state_offsets(head, summary, pid_n, H, K, V, BLOCK_N, state_layout), state)
     else:
         gl.store(seg_transitions + (summary * H + head).to(gl.int64) * K * K + (cols - V)[:, None] + dk[None, :] * K,
                  state, mask=(dk[None, :] >= 0) & (first_segment == 0))
