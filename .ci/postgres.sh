@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server on 127.0.0.1 for the tuner's shared-storage test (tests/test_tuner_workers.py).
 #
-#   eval "$(bash .ci/postgres.sh)"       # start (installing what is missing); exports DELTALAB_TEST_POSTGRES_URL
+#   eval "$(bash .ci/postgres.sh)"       # start (installing what is missing); exports DELTALAB_TEST_POSTGRES_URL,
+#                                         # and DELTALAB_TEST_POSTGRES_STARTED=1 when this call started the server
 #   bash .ci/postgres.sh stop             # stop it and delete the cluster
 #
 # Installs Debian's `postgresql` (apt-get) when no server binaries are present, and `psycopg2-binary` into the
@@ -88,6 +89,7 @@ if ! as_postgres "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     as_postgres "$BIN/pg_ctl" -D "$DATA" -l "$PGDATA_DIR/server.log" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGDATA_DIR -c max_connections=200 -c fsync=off" start >&2 \
         || { log "server did not start:"; tail -n 30 "$PGDATA_DIR/server.log" >&2 || true; exit 1; }
+    STARTED=1
 else
     log "reusing the running server of $DATA"
 fi
@@ -107,3 +109,4 @@ with sqlalchemy.create_engine(sys.argv[1]).connect() as conn:
 print("postgres.sh: connected:", version.split(",")[0])
 EOF
 echo "export DELTALAB_TEST_POSTGRES_URL=$URL"
+if [ "${STARTED:-0}" = 1 ]; then echo "export DELTALAB_TEST_POSTGRES_STARTED=1"; fi

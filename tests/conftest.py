@@ -11,6 +11,10 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# a fast path that cannot build fails its test instead of falling back (variants/fast_paths.py); the fallback's
+# own tests set "auto"
+os.environ.setdefault("DELTALAB_FAST_PATHS", "strict")
+
 import pytest  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"

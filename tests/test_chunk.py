@@ -17,6 +17,8 @@ import json
 import math
 import os
 import random
+import sys
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -1429,3 +1431,112 @@ def test_wide_key_dims_run_the_scans_at_two_stages_or_more():
         assert "lower tiles or chunk_size" in reason  # not "lower stages": one stage is what faults
         assert constraints(dict(fused, **{key: 16}), wide) is None
         assert constraints(dict(fused, **{key: 32}), narrow) is None
+
+
+# ------------------------------------------------------------------------------------ fast paths' fallback
+class _FailingLaunch:
+    """Stands in for a kernel whose build fails on this Triton (``when(kwargs)``: which launches fail); other
+    launches go to ``kernel``."""
+
+    def __init__(self, kernel, error: Exception, when=lambda kwargs: True):
+        self.kernel, self.error, self.when = kernel, error, when
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if self.when(kwargs):
+                raise self.error
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def broken_fast_paths(monkeypatch):
+    """Every fast path of the chunk variant fails to build, each its own way: the Gluon inverse's and the Gluon
+    summaries' modules do not import, the Gluon scan's kernel fails to compile (the error Triton 3.7 gave), and
+    the Triton summaries' and scan's tensor-descriptor variants fail; the plan asks for all of them (the
+    interpreter's CPU tensors take none by themselves)."""
+    from deltalab.variants import chunk_scan_tm_gluon, fast_paths
+
+    monkeypatch.setenv("DELTALAB_FAST_PATHS", "auto")
+    fast_paths.reset()
+    monkeypatch.setitem(sys.modules, "deltalab.variants.chunk_inverse_gluon", None)
+    monkeypatch.setitem(sys.modules, "deltalab.variants.chunk_segments_gluon", None)
+    monkeypatch.setattr(chunk_scan_tm_gluon, "chunk_scan_tm_gluon_kernel", _FailingLaunch(
+        None, AttributeError("module 'triton.experimental.gluon.language' has no attribute 'thread_barrier'")))
+    for name in ("chunk_scan_tm_kernel", "chunk_segment_summary_kernel"):
+        monkeypatch.setattr(chunk_module, name, _FailingLaunch(
+            getattr(chunk_module, name), RuntimeError("descriptor load rejected"), lambda kwargs: kwargs["TMA"]))
+    real_plan = chunk_module.resolve_plan
+    monkeypatch.setattr(chunk_module, "resolve_plan", lambda config, problem: replace(
+        real_plan(config, problem), inverse_gluon=True, scan_gluon="on", tma="on"))
+    yield fast_paths
+    fast_paths.reset()
+
+
+def test_fast_paths_that_cannot_build_fall_back_with_one_warning_each(poisoned_empty, broken_fast_paths):
+    """A fast path that fails to import or compile: the call runs the plain Triton kernels for that stage and
+    matches float64, warning once per fast path (naming it, the Triton version and the reason); a second call
+    warns no more and is as right."""
+    problem = Problem(B=1, T=256, H=2, K=64, V=64, dtype=torch.float16, device=DEVICE)
+    inputs = random_inputs(problem, seed=11, device=DEVICE, initial_state=True)
+    ref = run_op("reference", inputs.to(torch.float64), backward=True)
+    config = {"forward_scan": "tm", "scan_segments": 2}
+    with pytest.warns(broken_fast_paths.FastPathWarning) as record:
+        out = run_op("chunk", inputs, config, backward=False)  # inference: the Tm scan on segments
+    assert_close(out, ref, problem.dtype, label="inference, fast paths broken")
+    fallbacks = [str(w.message) for w in record if issubclass(w.category, broken_fast_paths.FastPathWarning)]
+    messages = {message.split("'")[1]: message for message in fallbacks}
+    assert sorted(messages) == ["inverse_gluon", "scan_gluon", "summary_gluon", "tma"], messages
+    assert len(fallbacks) == 4
+    assert all(f"triton {triton.__version__}" in m and "plain Triton kernels" in m for m in messages.values())
+    assert "chunk_inverse_gluon halted" in messages["inverse_gluon"] and "thread_barrier" in messages["scan_gluon"]
+    assert "descriptor load rejected" in messages["tma"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", broken_fast_paths.FastPathWarning)  # no second warning
+        again = run_op("chunk", inputs, config, backward=True)  # differentiated: the inverse kernel again
+    assert_close(again, ref, problem.dtype, label="forward+backward, fast paths broken")
+
+
+def test_fast_paths_strict_mode_raises_and_off_mode_tries_none(broken_fast_paths, monkeypatch):
+    """DELTALAB_FAST_PATHS=strict (the GPU tests' setting) raises the build error; "off" runs no fast path, with
+    no warning; a value outside the three is refused, naming the variable."""
+    problem = Problem(B=1, T=128, H=1, K=64, V=64, dtype=torch.float16, device=DEVICE)
+    inputs = random_inputs(problem, seed=12, device=DEVICE, initial_state=False)
+    monkeypatch.setenv("DELTALAB_FAST_PATHS", "strict")
+    with pytest.raises(ImportError):
+        run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
+    monkeypatch.setenv("DELTALAB_FAST_PATHS", "off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", broken_fast_paths.FastPathWarning)
+        out = run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
+    assert torch.isfinite(out["o"]).all()
+    monkeypatch.setenv("DELTALAB_FAST_PATHS", "sometimes")
+    with pytest.raises(ValueError, match="DELTALAB_FAST_PATHS"):
+        run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
+
+
+@pytest.mark.gpu
+def test_gluon_fast_paths_that_cannot_import_fall_back_on_the_gpu(monkeypatch):
+    """On a GPU, bf16 (where "auto" takes the Gluon inverse on Hopper, and the Gluon scan inside a graph): with the
+    Gluon modules failing to import, eager and graph-captured forwards and a forward+backward match float64."""
+    from deltalab.variants import fast_paths
+
+    monkeypatch.setenv("DELTALAB_FAST_PATHS", "auto")
+    fast_paths.reset()
+    for module in ("chunk_inverse_gluon", "chunk_segments_gluon", "chunk_scan_tm_gluon"):
+        monkeypatch.setitem(sys.modules, f"deltalab.variants.{module}", None)
+    problem = Problem(B=1, T=2048, H=4, K=128, V=128, dtype=torch.bfloat16, device="cuda")
+    inputs = random_inputs(problem, seed=13, device="cuda", initial_state=True)
+    ref = run_op("reference", inputs.to(torch.float64), backward=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fast_paths.FastPathWarning)
+        assert_close(run_op("chunk", inputs), ref, problem.dtype, label="fwd+bwd")
+        q, k, v, beta, h0 = inputs.tensors()
+        delta_rule(q, k, v, beta, initial_state=h0, output_final_state=True)  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            o, final_state = delta_rule(q, k, v, beta, initial_state=h0, output_final_state=True)
+        o.fill_(float("nan"))
+        graph.replay()
+    assert_close({"o": o, "final_state": final_state}, ref, problem.dtype, label="graph forward")
+    fast_paths.reset()

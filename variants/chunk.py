@@ -49,6 +49,7 @@ from .chunk_output import chunk_output_kernel
 from .chunk_scan_tm import chunk_scan_tm_kernel
 from .chunk_segments import chunk_segment_combine_kernel, chunk_segment_summary_kernel
 from .chunk_state import chunk_state_fwd_kernel
+from . import fast_paths
 from .common import triton_devices
 from .registry import Problem, delta_rule_cost, register
 
@@ -183,26 +184,34 @@ def _inverse(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm: Optional[torch.T
     if tm is None:
         tm = torch.empty(B, T, H, C, dtype=k.dtype, device=k.device)
     num_tiles = layout.num_chunks * H
-    launch = plan.inverse_kernel
     is_varlen = layout.chunk_table is not None
-    if plan.inverse_gluon:  # its workspace in shared memory (chunk_inverse_gluon.py)
-        from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
-
-        # (12 programs per SM where 4 fit, as the Triton kernels: 8 or 4 measured no faster, s16)
-        programs, _ = persistent_grid(num_tiles, C, k.device, False)
-        keys = _inverse_key_descriptor(plan, k, is_varlen, launch.block_k)
-        chunk_inverse_gluon_kernel[(programs,)](
-            k if keys is None else keys, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
-            BLOCK_K=launch.block_k, IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, TMA=keys is not None,
-            **launch.options,
-        )
+    if plan.inverse_gluon and fast_paths.run(
+            "inverse_gluon", lambda: _inverse_gluon(plan, layout, k, beta, tm, num_tiles, is_varlen)):
         return tm
+    launch = plan.triton_inverse
     programs, scratch = persistent_grid(num_tiles, C, k.device, True)
     chunk_inverse_kernel[(programs,)](
         k, beta, tm, scratch, layout.chunk_table, T, num_tiles, H=H, K=K, C=C, BLOCK_K=launch.block_k,
         IS_VARLEN=is_varlen, PRECISION=plan.precision, INV_PRECISION=plan.precision, **launch.options,
     )
     return tm
+
+
+def _inverse_gluon(plan: ChunkPlan, layout: ChunkLayout, k, beta, tm, num_tiles: int, is_varlen: bool) -> None:
+    """Tm by chunk_inverse_gluon.py: its workspace in shared memory (plan.inverse_gluon)."""
+    from .chunk_inverse_gluon import chunk_inverse_gluon_kernel
+
+    T, H, K = k.shape[1:]
+    C = plan.chunk_size
+    launch = plan.inverse_kernel
+    # (12 programs per SM where 4 fit, as the Triton kernels: 8 or 4 measured no faster)
+    programs, _ = persistent_grid(num_tiles, C, k.device, False)
+    keys = _inverse_key_descriptor(plan, k, is_varlen, launch.block_k)
+    chunk_inverse_gluon_kernel[(programs,)](
+        k if keys is None else keys, beta, tm, layout.chunk_table, T, num_tiles, H=H, K=K, C=C,
+        BLOCK_K=launch.block_k, IS_VARLEN=is_varlen, NUM_WARPS=launch.warps, TMA=keys is not None,
+        **launch.options,
+    )
 
 
 def _inverse_key_descriptor(plan: ChunkPlan, k: torch.Tensor, varlen: bool, key_tile: int):
@@ -231,18 +240,30 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
     launch = plan.scan_tm
     C = plan.chunk_size
     BK = plan.key_tile
-    if plan.scan_gluon != "off" and _scan_gluon(plan, layout, q, k, v, beta, tm, output, initial_state, final_state,
-                                                 scale, segments):
+    if plan.scan_gluon != "off" and fast_paths.run("scan_gluon", lambda: _scan_gluon(
+            plan, layout, q, k, v, beta, tm, output, initial_state, final_state, scale, segments)):
         return
-    tiles = tma_views(plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)])
-    q_, k_, v_, tm_, output_ = tiles or (q, k, v, tm, output)
-    chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
-        q_, k_, v_, beta, tm_, output_, initial_state, final_state, cu_seqlens, layout.chunk_offsets, T // segments,
-        scale, H=H, K=K, V=V, C=C, BLOCK_K=BK, BLOCK_V=launch.block_v,
-        HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
-        PRECISION=plan.precision, SEGMENTS=segments, TMA=tiles is not None, **launch.options,
-    )
 
+    def scan(tiles: Optional[list]) -> bool:
+        """chunk_scan_tm_kernel on (q, k, v, Tm, output) descriptors, or on the tensors themselves (None)."""
+        q_, k_, v_, tm_, output_ = tiles or (q, k, v, tm, output)
+        chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
+            q_, k_, v_, beta, tm_, output_, initial_state, final_state, cu_seqlens, layout.chunk_offsets,
+            T // segments, scale, H=H, K=K, V=V, C=C, BLOCK_K=BK, BLOCK_V=launch.block_v,
+            HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
+            PRECISION=plan.precision, SEGMENTS=segments, TMA=tiles is not None, **launch.options,
+        )
+        return True
+
+    if not fast_paths.run("tma", lambda: _with_descriptors(scan, tma_views(
+            plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)]))):
+        scan(None)
+
+
+def _with_descriptors(launch, tiles: Optional[list]) -> bool:
+    """``launch(tiles)`` where tensor descriptors apply (``tiles`` from tma_views); False (nothing launched) where
+    they do not, and the caller launches on pointers."""
+    return tiles is not None and launch(tiles)
 
 def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output, initial_state, final_state,
                 scale: float, segments: int) -> bool:
@@ -335,9 +356,10 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
     seg_values = torch.empty(summaries, H, K, V, dtype=torch.float32, device=k.device)
     seg_transitions = torch.empty(summaries, H, K, K, dtype=torch.float32, device=k.device)
     BK = plan.key_tile
-    if not _summaries_gluon(plan, k, v, beta, tm, initial_state, seg_values, seg_transitions, segments):
-        launch = plan.summary
-        tiles = tma_views(plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)])
+    launch = plan.summary
+
+    def summarise(tiles: Optional[list]) -> bool:
+        """chunk_segment_summary_kernel on (k, v, Tm) descriptors, or on the tensors themselves (None)."""
         k_, v_, tm_ = tiles or (k, v, tm)
         chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
             k_, v_, beta, tm_, initial_state, seg_values, seg_transitions, T // segments,
@@ -345,6 +367,13 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
             HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None,
             TRANSPOSED=plan.summary_order == "vk", **launch.options,
         )
+        return True
+
+    if not (plan.scan_gluon != "off" and fast_paths.run("summary_gluon", lambda: _summaries_gluon(
+            plan, k, v, beta, tm, initial_state, seg_values, seg_transitions, segments))):
+        if not fast_paths.run("tma", lambda: _with_descriptors(summarise, tma_views(
+                plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)]))):
+            summarise(None)
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
     combine = plan.combine
     chunk_segment_combine_kernel[(triton.cdiv(V, combine.block_v), B * H)](

@@ -282,6 +282,9 @@ class ChunkPlan:
     inverse_gluon: bool = False  # the inverse kernel's Gluon version (chunk_inverse_gluon.py) runs
     summary_order: str = "kv"  # the segment summaries' column tiles: "kv" ([K, tile]) or "vk" (transposed)
     scan_gluon: str = "off"  # the Tm scan in Gluon (chunk_scan_tm_gluon.py): "on", "off", "auto" (with descriptors)
+    # the Triton inverse kernel's launch: inverse_kernel's where the Gluon inverse does not run, and its fallback
+    # where the Gluon inverse cannot be built (fast_paths)
+    triton_inverse: Optional[Launch] = None
 
 
 def _pipelined(stages: int, tiles: list[int]) -> int:
@@ -643,6 +646,7 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
     gluon = config["inverse_gluon"] == "on" or (
         config["inverse_gluon"] == "auto" and gluon_inverse_fits(problem, C, inverse.warps) is None
         and _gluon_gpu(problem.device, measured=True) is None)
+    triton_inverse = inverse
     if gluon:
         inverse = gluon_inverse_launch(inverse, BK)
     # the Tm scan's Gluon version (its own launch: GLUON_SCAN_*; scan_tm stays the Triton scan's, which runs where
@@ -659,7 +663,8 @@ def _resolve_plan(items: tuple, problem: Problem) -> ChunkPlan:
                      Launch(min(COMBINE_BLOCK_ROWS, BK), COMBINE_BLOCK_V, COMBINE_WARPS, COMBINE_STAGES),
                      config["input_precision"] if isz == 4 else COMBINE_PRECISION_16BIT,
                      tma=config["tma"] if config["tma"] != "auto" or _has_tma(problem.device) else "off",
-                     inverse_gluon=gluon, summary_order=summary_order, scan_gluon=scan_gluon)
+                     inverse_gluon=gluon, summary_order=summary_order, scan_gluon=scan_gluon,
+                     triton_inverse=triton_inverse)
 
 
 # chunk sizes the Gluon inverse covers (16 x 16 diagonal blocks, one to four of them)

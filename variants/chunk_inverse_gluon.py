@@ -40,9 +40,10 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
 from .chunk_intra import chunk_bounds  # scalar code: Triton's jit functions serve Gluon kernels too
+from .gluon_compat import barrier, reinterpret, tma_load
 
 
 @gluon.jit
@@ -78,16 +79,16 @@ def _merge_level(a_smem, tm_smem, P: gl.constexpr, C: gl.constexpr, mma: gl.cons
     _block(tm_smem, 1, 0, P).store(y0)
     if C // (2 * P) == 2:
         _block(tm_smem, 3, 2, P).store(y1)
-    gl.thread_barrier()
+    barrier()
     z0 = _dot_tf32x3(_block(tm_smem, 1, 1, P), _block(tm_smem, 1, 0, P), gl.zeros([P, P], gl.float32, mma), mma)
     if C // (2 * P) == 2:
         z1 = _dot_tf32x3(_block(tm_smem, 3, 3, P), _block(tm_smem, 3, 2, P), gl.zeros([P, P], gl.float32, mma),
                          mma)
-    gl.thread_barrier()
+    barrier()
     _block(tm_smem, 1, 0, P).store(-z0)
     if C // (2 * P) == 2:
         _block(tm_smem, 3, 2, P).store(-z1)
-    gl.thread_barrier()
+    barrier()
 
 
 @gluon.jit
@@ -142,7 +143,7 @@ def chunk_inverse_gluon_kernel(
     # A's diagonal blocks row by row, diag_rows[s NB + n, j] = A[16 n + s, 16 n + j]: row s of every block is
     # one slice. Written through a 3-D view of the same bytes (Gluon indexes and slices 2-D buffers)
     diag_rows = gl.allocate_shared_memory(gl.float32, [16 * NB, 16], plain2)
-    diag_rows_3d = diag_rows._reinterpret(gl.float32, [16, NB, 16], plain3)
+    diag_rows_3d = reinterpret(diag_rows, gl.float32, [16, NB, 16], plain3)
     # the diagonal blocks' inverses, block n at rows 16 n
     inv_smem = gl.allocate_shared_memory(gl.float32, [NB * 16, 16], plain2)
     # Tm's blocks above the diagonal stay zero for every tile; the others are rewritten
@@ -168,7 +169,7 @@ def chunk_inverse_gluon_kernel(
             phase ^= 1
             acc = mma_v2(key_smem.load(gl.DotOperandLayout(0, mma, 2)),
                          key_smem.permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2)), acc)
-            gl.thread_barrier()  # every warp's reads of key_smem are done: the next tile's keys may come
+            barrier()  # every warp's reads of key_smem are done: the next tile's keys may come
             _load_keys(k, key_smem, ready.index(0), tile + gl.num_programs(0), num_tiles, H, K, C)
         else:
             tok = start + rows_load
@@ -177,20 +178,20 @@ def chunk_inverse_gluon_kernel(
                 dd = d0 + cols_load
                 key_tile = gl.load(k + (tok * H + head)[:, None] * K + dd[None, :],
                                    mask=tmask[:, None] & (dd < K)[None, :], other=0.0)
-                gl.thread_barrier()  # the last reads of key_smem are done
+                barrier()  # the last reads of key_smem are done
                 key_smem.store(key_tile)
-                gl.thread_barrier()
+                barrier()
                 acc = mma_v2(key_smem.load(gl.DotOperandLayout(0, mma, 2)),
                              key_smem.permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2)), acc)
         tok_mma = start + rows_mma
         b = gl.load(beta + tok_mma * H + head, mask=tok_mma < end, other=0.0).to(gl.float32)
         a = gl.where(rows_mma[:, None] > cols_mma[None, :], acc * b[:, None], 0.0)
         a_smem.store(a)
-        gl.thread_barrier()
+        barrier()
         for n in gl.static_range(NB):  # A_nn -> diag_rows[:, n, :] of its 3-D view
             a_nn = a_smem.slice(16 * n, 16, dim=0).slice(16 * n, 16, dim=1).load(gl.SliceLayout(1, staging_layout))
             diag_rows_3d.slice(n, 1, dim=1).store(gl.expand_dims(a_nn, 1))
-        gl.thread_barrier()
+        barrier()
 
         # T_nn row by row: row s = e_s - sum_{j<s} A_nn[s, j] T_nn[j, :] (rows j >= s still e_j, A_nn[s, j] = 0)
         inv = identity
@@ -198,11 +199,11 @@ def chunk_inverse_gluon_kernel(
             a_row = diag_rows.slice(s * NB, NB, dim=0).load(row_layout)  # [NB, 16]: A_nn[s, :] of every block
             update = gl.sum(a_row[:, :, None] * inv, axis=1)  # [NB, 16]: sum_j A_nn[s, j] T_nn[j, c]
             inv = gl.where(s_idx == s, inv - update[:, None, :], inv)
-        inv_smem._reinterpret(gl.float32, [NB, 16, 16], plain3).store(inv)
-        gl.thread_barrier()
+        reinterpret(inv_smem, gl.float32, [NB, 16, 16], plain3).store(inv)
+        barrier()
         for n in gl.static_range(NB):
             tm_smem.slice(16 * n, 16, dim=0).slice(16 * n, 16, dim=1).store(inv_smem.slice(16 * n, 16).load(block_layout))
-        gl.thread_barrier()
+        barrier()
 
         if C >= 32:
             _merge_level(a_smem, tm_smem, 16, C, mma)
@@ -213,7 +214,7 @@ def chunk_inverse_gluon_kernel(
         tok_tile = start + rows_tile
         gl.store(tm + (tok_tile * H + head)[:, None] * C + cols_tile[None, :], tm_tile.to(tm.dtype.element_ty),
                  mask=(tok_tile < end)[:, None])
-        gl.thread_barrier()  # tm_smem is read before the next tile writes it
+        barrier()  # tm_smem is read before the next tile writes it
     if TMA:
         mbarrier.invalidate(ready.index(0))
 
@@ -224,4 +225,4 @@ def _load_keys(k, key_smem, bar, tile, num_tiles, H: gl.constexpr, K: gl.constex
     descriptor k, signalling ``bar``, if the tile exists."""
     pred = tile < num_tiles
     mbarrier.expect(bar, C * K * 2, pred=pred)
-    tma.async_copy_global_to_shared(k, [(tile // H * C).to(gl.int32), (tile % H) * K], bar, key_smem, pred=pred)
+    tma_load(k, [(tile // H * C).to(gl.int32), (tile % H) * K], bar, key_smem, pred=pred)

@@ -37,6 +37,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
+from .gluon_compat import barrier, tma_load, tma_store
+
 
 def tile_layout(dtype: torch.dtype, rows: int, width: int) -> gl.NVMMASharedLayout:
     """The shared-memory layout of a [rows, width] 16-bit tile that the kernel's descriptors carry (the launch's
@@ -88,10 +90,10 @@ def chunk_scan_tm_gluon_kernel(
         pred = s < num_chunks
         row = (start + s * C).to(gl.int32)
         mbarrier.expect(ready.index(s), tile_bytes, pred=pred)
-        tma.async_copy_global_to_shared(k, [row, head * K], ready.index(s), k_smem.index(s), pred=pred)
-        tma.async_copy_global_to_shared(q, [row, head * K], ready.index(s), q_smem.index(s), pred=pred)
-        tma.async_copy_global_to_shared(v, [row, value_col], ready.index(s), v_smem.index(s), pred=pred)
-        tma.async_copy_global_to_shared(tm, [row, head * C], ready.index(s), tm_smem.index(s), pred=pred)
+        tma_load(k, [row, head * K], ready.index(s), k_smem.index(s), pred=pred)
+        tma_load(q, [row, head * K], ready.index(s), q_smem.index(s), pred=pred)
+        tma_load(v, [row, value_col], ready.index(s), v_smem.index(s), pred=pred)
+        tma_load(tm, [row, head * C], ready.index(s), tm_smem.index(s), pred=pred)
 
     # h^T in a [K, V] state, in a blocked layout: offsets in the accumulator's layout would hold 32+ registers a
     # thread through the loop (ptxas spilled)
@@ -115,12 +117,12 @@ def chunk_scan_tm_gluon_kernel(
         pred = ahead < num_chunks
         sa = ahead % STAGES
         row_ahead = (start + ahead * C).to(gl.int32)
-        gl.thread_barrier()
+        barrier()
         mbarrier.expect(ready.index(sa), tile_bytes, pred=pred)
-        tma.async_copy_global_to_shared(k, [row_ahead, head * K], ready.index(sa), k_smem.index(sa), pred=pred)
-        tma.async_copy_global_to_shared(q, [row_ahead, head * K], ready.index(sa), q_smem.index(sa), pred=pred)
-        tma.async_copy_global_to_shared(v, [row_ahead, value_col], ready.index(sa), v_smem.index(sa), pred=pred)
-        tma.async_copy_global_to_shared(tm, [row_ahead, head * C], ready.index(sa), tm_smem.index(sa), pred=pred)
+        tma_load(k, [row_ahead, head * K], ready.index(sa), k_smem.index(sa), pred=pred)
+        tma_load(q, [row_ahead, head * K], ready.index(sa), q_smem.index(sa), pred=pred)
+        tma_load(v, [row_ahead, value_col], ready.index(sa), v_smem.index(sa), pred=pred)
+        tma_load(tm, [row_ahead, head * C], ready.index(sa), tm_smem.index(sa), pred=pred)
 
         b = gl.convert_layout(beta_next, gl.SliceLayout(0, acc_c)).to(gl.float32)
         tok_next = start + (c + 1) * C + beta_rows
@@ -142,7 +144,7 @@ def chunk_scan_tm_gluon_kernel(
         aqk_smem.store(gl.where(cols[None, :] >= rows[:, None], qk, 0.0).to(dtype))  # Aqk^T [j, i], i >= j; scaled in O
         qs, vn = warpgroup_mma_wait(0, deps=[qs, vn])
         vn_op = vn.to(dtype)
-        gl.thread_barrier()  # every warp's rows of Aqk^T are in shared memory
+        barrier()  # every warp's rows of Aqk^T are in shared memory
         fence_async_shared()
         out = warpgroup_mma(gl.convert_layout(vn_op, lhs_c), aqk_smem, qs, is_async=True)  # O^T / scale
         state = warpgroup_mma(gl.convert_layout(vn_op, lhs_k), k_tile, state, is_async=True)  # chain
@@ -164,9 +166,9 @@ def _store_output(o, o_smem, out, row, value_col):
     """O^T [BLOCK_V, C] of the chunk at ``row`` out through o_smem once the previous store has left it."""
     tma.store_wait(0)
     o_smem.store(gl.permute(out.to(o_smem.dtype), (1, 0)))
-    gl.thread_barrier()
+    barrier()
     fence_async_shared()
-    tma.async_copy_shared_to_global(o, [row, value_col], o_smem)
+    tma_store(o, [row, value_col], o_smem)
 
 
 @gluon.jit

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .chunk_state import state_slice, state_tile
+from .common import when
 
 
 @triton.jit
@@ -129,12 +130,12 @@ def chunk_segment_summary_kernel(
     kmask = dk < K
     rows = tl.arange(0, C)
     if TRANSPOSED:
-        value_mask = (cmask & is_value)[:, None]
+        value_mask = when(cmask, is_value)[:, None]
     else:
-        value_mask = (cmask & is_value)[None, :]
+        value_mask = when(cmask, is_value)[None, :]
     if is_value:
         offsets, mask = tile_offsets(cols, cmask, dk, kmask, V, TRANSPOSED)
-        state = state_tile(h0, (seq * H + head).to(tl.int64) * K * V, offsets, mask & first_segment,
+        state = state_tile(h0, (seq * H + head).to(tl.int64) * K * V, offsets, when(mask, first_segment),
                            BLOCK_N if TRANSPOSED else BLOCK_K, BLOCK_K if TRANSPOSED else BLOCK_N, HAS_H0)
     elif TRANSPOSED:
         state = tl.where(cols[:, None] == dk[None, :], 1.0, 0.0)  # A^T starts as the identity
@@ -149,7 +150,7 @@ def chunk_segment_summary_kernel(
         tok = start + c * C + rows
         b = beta_next.to(tl.float32)
         # the next chunk's, if this segment has one ((rows >= 0): the condition as a row vector)
-        beta_next = tl.load(beta + (tok + C) * H + head, mask=(c + 1 < num_chunks) & (rows >= 0), other=0.0)
+        beta_next = tl.load(beta + (tok + C) * H + head, mask=when(rows >= 0, c + 1 < num_chunks), other=0.0)
         k_tile, tm_tile, v_values = summary_tiles(k, v, tm, start + c * C, tok, head, is_value, cols, value_mask, dk,
                                                   kmask, rows, H, K, V, C, BLOCK_N, TMA, TRANSPOSED)
         dtype = k_tile.dtype
@@ -172,7 +173,7 @@ def chunk_segment_summary_kernel(
     else:
         offsets, mask = tile_offsets(cols, cmask, dk, kmask, K, TRANSPOSED)
         tl.store(seg_transitions + (summary * H + head).to(tl.int64) * K * K + offsets, state,
-                 mask=mask & (first_segment == 0))
+                 mask=when(mask, first_segment == 0))
 
 
 @triton.jit

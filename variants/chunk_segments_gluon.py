@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .chunk_scan_tm_gluon import _state_offsets
+from .gluon_compat import barrier, tma_load
 
 
 @gluon.jit
@@ -96,7 +97,7 @@ def chunk_segment_summary_gluon_kernel(
 
     for c in range(num_chunks):
         stage = c % STAGES
-        gl.thread_barrier()  # every warp's reads of the stage refilled below (the previous chunk's) are done
+        barrier()  # every warp's reads of the stage refilled below (the previous chunk's) are done
         ahead = c + STAGES - 1
         _load_chunk(k, v, tm, k_smem, v_smem, tm_smem, ready.index(ahead % STAGES), ahead % STAGES,
                     ahead < num_chunks, start + ahead * C, head, value_col, is_value, key_bytes, value_bytes, K, C)
@@ -136,6 +137,6 @@ def _load_chunk(k, v, tm, k_smem, v_smem, tm_smem, bar, stage, pred, row, head, 
     # one of the two: the barrier counts one arrival with the bytes to come
     mbarrier.expect(bar, value_bytes, pred=pred & is_value)
     mbarrier.expect(bar, key_bytes, pred=pred & (is_value == 0))
-    tma.async_copy_global_to_shared(k, [row, head * K], bar, k_smem.index(stage), pred=pred)
-    tma.async_copy_global_to_shared(tm, [row, head * C], bar, tm_smem.index(stage), pred=pred)
-    tma.async_copy_global_to_shared(v, [row, value_col], bar, v_smem.index(stage), pred=pred & is_value)
+    tma_load(k, [row, head * K], bar, k_smem.index(stage), pred=pred)
+    tma_load(tm, [row, head * C], bar, tm_smem.index(stage), pred=pred)
+    tma_load(v, [row, value_col], bar, v_smem.index(stage), pred=pred & is_value)

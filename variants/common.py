@@ -1,10 +1,13 @@
-"""Helpers shared by the variants: sequence spans of (packed) batches and a generic autograd backward."""
+"""Helpers shared by the variants: sequence spans of (packed) batches, a generic autograd backward, and ``when``
+for the kernels' masks."""
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
+import triton
+import triton.language as tl
 
 
 def sequence_spans(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor]) -> list[tuple[int, int, int]]:
@@ -68,3 +71,11 @@ def triton_interpreting() -> bool:
 def triton_devices() -> tuple[str, ...]:
     """Device types a Triton variant can run on: CUDA, plus CPU tensors under the interpreter."""
     return ("cuda", "cpu") if triton_interpreting() else ("cuda",)
+
+
+@triton.jit
+def when(mask, condition):
+    """``mask`` where the scalar ``condition`` holds, else all False. The kernels combine a mask with a scalar
+    condition through this, never with ``&``: Triton 3.9's interpreter makes int32 of a boolean tensor & a boolean
+    scalar, which tl.load and tl.store reject ("mask has unsupported dtype")."""
+    return tl.where(condition, mask, False)

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import triton_devices
+from .common import triton_devices, when
 from .registry import Config, Problem, delta_rule_cost, register
 
 BLOCK_V_CHOICES = (8, 16, 32, 64, 128, 256)
@@ -138,31 +138,31 @@ def _recurrent_fwd_kernel(
     # when NUM_STAGES == 1, else they are loaded in the loop and Triton's pipeliner issues them
     # NUM_STAGES - 1 tokens ahead through shared memory.
     live = seq_len > 0
-    b_v = tl.load(p_v, mask=mask_v & live, other=0.0)
+    b_v = tl.load(p_v, mask=when(mask_v, live), other=0.0)
     b_beta = tl.load(p_beta, mask=live, other=0.0)
     if RECOMPUTE:
-        b_do = tl.load(p_do, mask=mask_v & live, other=0.0)
+        b_do = tl.load(p_do, mask=when(mask_v, live), other=0.0)
     if NUM_STAGES == 1:
-        b_k = tl.load(p_k, mask=mask_k & live, other=0.0)
+        b_k = tl.load(p_k, mask=when(mask_k, live), other=0.0)
         if STORE_O:
-            b_q = tl.load(p_q, mask=mask_k & live, other=0.0)
+            b_q = tl.load(p_q, mask=when(mask_k, live), other=0.0)
 
     for t in tl.range(0, seq_len, num_stages=NUM_STAGES):
         # issue the next token's loads first: they do not depend on the state
         live = t + 1 < seq_len
         p_v += H * V
         p_beta += H
-        n_v = tl.load(p_v, mask=mask_v & live, other=0.0)
+        n_v = tl.load(p_v, mask=when(mask_v, live), other=0.0)
         n_beta = tl.load(p_beta, mask=live, other=0.0)
         if RECOMPUTE:
             p_do += H * V
-            n_do = tl.load(p_do, mask=mask_v & live, other=0.0)
+            n_do = tl.load(p_do, mask=when(mask_v, live), other=0.0)
         if NUM_STAGES == 1:
             p_k += H * K
-            n_k = tl.load(p_k, mask=mask_k & live, other=0.0)
+            n_k = tl.load(p_k, mask=when(mask_k, live), other=0.0)
             if STORE_O:
                 p_q += H * K
-                n_q = tl.load(p_q, mask=mask_k & live, other=0.0)
+                n_q = tl.load(p_q, mask=when(mask_k, live), other=0.0)
         else:
             b_k = tl.load(p_k, mask=mask_k, other=0.0)
             p_k += H * K
@@ -257,11 +257,11 @@ def _recurrent_bwd_kernel(
     # when NUM_STAGES == 1, else through Triton's pipeliner
     live = seq_len > 0
     b_beta = tl.load(p_beta, mask=live, other=0.0)
-    b_delta = tl.load(p_delta, mask=mask_v & live, other=0.0)
-    b_do = tl.load(p_do, mask=mask_v & live, other=0.0)
+    b_delta = tl.load(p_delta, mask=when(mask_v, live), other=0.0)
+    b_do = tl.load(p_do, mask=when(mask_v, live), other=0.0)
     if NUM_STAGES == 1:
-        b_q = tl.load(p_q, mask=mask_k & live, other=0.0)
-        b_k = tl.load(p_k, mask=mask_k & live, other=0.0)
+        b_q = tl.load(p_q, mask=when(mask_k, live), other=0.0)
+        b_k = tl.load(p_k, mask=when(mask_k, live), other=0.0)
 
     for t in tl.range(0, seq_len, num_stages=NUM_STAGES):
         # the previous token's loads first (the loop walks backwards)
@@ -270,13 +270,13 @@ def _recurrent_bwd_kernel(
         p_delta -= H * V
         p_do -= H * V
         n_beta = tl.load(p_beta, mask=live, other=0.0)
-        n_delta = tl.load(p_delta, mask=mask_v & live, other=0.0)
-        n_do = tl.load(p_do, mask=mask_v & live, other=0.0)
+        n_delta = tl.load(p_delta, mask=when(mask_v, live), other=0.0)
+        n_do = tl.load(p_do, mask=when(mask_v, live), other=0.0)
         if NUM_STAGES == 1:
             p_q -= H * K
             p_k -= H * K
-            n_q = tl.load(p_q, mask=mask_k & live, other=0.0)
-            n_k = tl.load(p_k, mask=mask_k & live, other=0.0)
+            n_q = tl.load(p_q, mask=when(mask_k, live), other=0.0)
+            n_k = tl.load(p_k, mask=when(mask_k, live), other=0.0)
         else:
             b_q = tl.load(p_q, mask=mask_k, other=0.0)
             b_k = tl.load(p_k, mask=mask_k, other=0.0)
