@@ -1503,14 +1503,17 @@ def test_fast_paths_strict_mode_raises_and_off_mode_tries_none(broken_fast_paths
     problem = Problem(B=1, T=128, H=1, K=64, V=64, dtype=torch.float16, device=DEVICE)
     inputs = random_inputs(problem, seed=12, device=DEVICE, initial_state=False)
     monkeypatch.setenv("DELTALAB_FAST_PATHS", "strict")
+    broken_fast_paths.reset()
     with pytest.raises(ImportError):
         run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
     monkeypatch.setenv("DELTALAB_FAST_PATHS", "off")
+    broken_fast_paths.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("error", broken_fast_paths.FastPathWarning)
         out = run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
     assert torch.isfinite(out["o"]).all()
     monkeypatch.setenv("DELTALAB_FAST_PATHS", "sometimes")
+    broken_fast_paths.reset()
     with pytest.raises(ValueError, match="DELTALAB_FAST_PATHS"):
         run_op("chunk", inputs, {"forward_scan": "tm"}, backward=False)
 

@@ -37,21 +37,24 @@ class FastPathWarning(UserWarning):
 
 
 _broken: dict[str, str] = {}  # fast path -> why it cannot run in this process
+_mode: list[str] = []  # DELTALAB_FAST_PATHS as first read (every launch asks; reset() reads it again)
 
 
 def mode() -> str:
     """DELTALAB_FAST_PATHS: "auto" (fall back with a warning), "strict" (raise) or "off" (never try)."""
-    value = os.environ.get("DELTALAB_FAST_PATHS", "auto").strip().lower() or "auto"
-    if value not in ("auto", "strict", "off"):
-        raise ValueError(f"DELTALAB_FAST_PATHS: expected auto, strict or off, got {value!r}")
-    return value
+    if not _mode:
+        value = os.environ.get("DELTALAB_FAST_PATHS", "auto").strip().lower() or "auto"
+        if value not in ("auto", "strict", "off"):
+            raise ValueError(f"DELTALAB_FAST_PATHS: expected auto, strict or off, got {value!r}")
+        _mode.append(value)
+    return _mode[0]
 
 
 def unavailable(name: str) -> Optional[str]:
     """Why fast path ``name`` does not run in this process (None: it may)."""
-    if mode() == "off":
-        return "DELTALAB_FAST_PATHS=off"
-    return _broken.get(name)
+    if _broken and name in _broken:
+        return _broken[name]
+    return "DELTALAB_FAST_PATHS=off" if mode() == "off" else None
 
 
 def disable(name: str, error: BaseException) -> None:
@@ -81,5 +84,6 @@ def run(name: str, launch: Callable[[], object]) -> bool:
 
 
 def reset() -> None:
-    """Forget recorded failures (tests)."""
+    """Forget recorded failures and read DELTALAB_FAST_PATHS again (tests)."""
     _broken.clear()
+    _mode.clear()
