@@ -14,10 +14,12 @@ that finished, and a rerun with the same storage resumes the same studies.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional, Union
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 DEFAULT_PATH = Path("out") / "tune.db"
@@ -71,7 +73,19 @@ def open_storage(url: Optional[str] = None) -> BaseStorage:
         engine_kwargs = {"creator": lambda: _sqlite_connection(path)}
     elif resolved.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # workers that start together on a new database race to create Optuna's schema (PostgreSQL: a
+            # duplicate "studydirection" type or table); the loser finds it made on its next try
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+SCHEMA_ATTEMPTS = 4
 
 
 def describe(url: Union[str, None]) -> str:
