@@ -23,6 +23,7 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 DEFAULT_PATH = Path("out") / "tune.db"
+SCHEMA_ATTEMPTS = 4  # tries at creating Optuna's schema (see open_storage)
 JOURNAL_PREFIX = "journal:"
 
 
@@ -73,19 +74,14 @@ def open_storage(url: Optional[str] = None) -> BaseStorage:
         engine_kwargs = {"creator": lambda: _sqlite_connection(path)}
     elif resolved.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
-    for attempt in range(SCHEMA_ATTEMPTS):
+    for attempt in range(1, SCHEMA_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # workers that start together on a new database race to create Optuna's schema (PostgreSQL: a
             # duplicate "studydirection" type or table); the loser finds it made on its next try
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-SCHEMA_ATTEMPTS = 4
+            time.sleep(0.5 * attempt)
+    return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
 
 
 def describe(url: Union[str, None]) -> str:

@@ -244,7 +244,7 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
             plan, layout, q, k, v, beta, tm, output, initial_state, final_state, scale, segments)):
         return
 
-    def scan(tiles: Optional[list]) -> bool:
+    def scan(tiles: Optional[list]) -> None:
         """chunk_scan_tm_kernel on (q, k, v, Tm, output) descriptors, or on the tensors themselves (None)."""
         q_, k_, v_, tm_, output_ = tiles or (q, k, v, tm, output)
         chunk_scan_tm_kernel[(triton.cdiv(V, launch.block_v), layout.num_seqs * segments * H)](
@@ -253,17 +253,23 @@ def _scan_tm(plan: ChunkPlan, layout: ChunkLayout, cu_seqlens, q, k, v, beta, sc
             HAS_H0=initial_state is not None, STORE_HT=final_state is not None, IS_VARLEN=cu_seqlens is not None,
             PRECISION=plan.precision, SEGMENTS=segments, TMA=tiles is not None, **launch.options,
         )
+
+    _launch_tiled(scan, plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)])
+
+
+def _launch_tiled(launch, plan: ChunkPlan, cu_seqlens, tensors: list) -> None:
+    """``launch(tiles)`` on tensor descriptors of ``tensors`` where they apply (tma_views) and the "tma" fast path
+    builds; else ``launch(None)``, on the tensors themselves."""
+    def with_descriptors() -> bool:
+        tiles = tma_views(plan, cu_seqlens, tensors)
+        if tiles is None:
+            return False
+        launch(tiles)
         return True
 
-    if not fast_paths.run("tma", lambda: _with_descriptors(scan, tma_views(
-            plan, cu_seqlens, [(q, BK), (k, BK), (v, launch.block_v), (tm, C), (output, launch.block_v)]))):
-        scan(None)
+    if not fast_paths.run("tma", with_descriptors):
+        launch(None)
 
-
-def _with_descriptors(launch, tiles: Optional[list]) -> bool:
-    """``launch(tiles)`` where tensor descriptors apply (``tiles`` from tma_views); False (nothing launched) where
-    they do not, and the caller launches on pointers."""
-    return tiles is not None and launch(tiles)
 
 def _scan_gluon(plan: ChunkPlan, layout: ChunkLayout, q, k, v, beta, tm, output, initial_state, final_state,
                 scale: float, segments: int) -> bool:
@@ -358,7 +364,7 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
     BK = plan.key_tile
     launch = plan.summary
 
-    def summarise(tiles: Optional[list]) -> bool:
+    def summarise(tiles: Optional[list]) -> None:
         """chunk_segment_summary_kernel on (k, v, Tm) descriptors, or on the tensors themselves (None)."""
         k_, v_, tm_ = tiles or (k, v, tm)
         chunk_segment_summary_kernel[(triton.cdiv(V, launch.block_v) + triton.cdiv(K, launch.block_v), summaries * H)](
@@ -367,13 +373,10 @@ def _segment_states(plan: ChunkPlan, layout: ChunkLayout, k, v, beta, tm, initia
             HAS_H0=initial_state is not None, PRECISION=plan.precision, TMA=tiles is not None,
             TRANSPOSED=plan.summary_order == "vk", **launch.options,
         )
-        return True
 
     if not (plan.scan_gluon != "off" and fast_paths.run("summary_gluon", lambda: _summaries_gluon(
             plan, k, v, beta, tm, initial_state, seg_values, seg_transitions, segments))):
-        if not fast_paths.run("tma", lambda: _with_descriptors(summarise, tma_views(
-                plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)]))):
-            summarise(None)
+        _launch_tiled(summarise, plan, None, [(k, BK), (v, launch.block_v), (tm, plan.chunk_size)])
     seg_h0 = torch.empty(B * segments, H, K, V, dtype=torch.float32, device=k.device)
     combine = plan.combine
     chunk_segment_combine_kernel[(triton.cdiv(V, combine.block_v), B * H)](

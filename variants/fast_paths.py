@@ -27,9 +27,8 @@ from typing import Callable, Optional
 
 import triton
 
-# the fast paths: the Gluon inverse, Tm scan and segment summaries (chunk_*_gluon.py, imported inside their
-# launches), and the Triton scans' and summaries' tensor-descriptor variants
-NAMES = ("inverse_gluon", "scan_gluon", "summary_gluon", "tma")
+# the fast paths' names: "inverse_gluon", "scan_gluon", "summary_gluon" (chunk_*_gluon.py, imported inside their
+# launches) and "tma" (the Triton scans' and summaries' tensor-descriptor variants)
 
 
 class FastPathWarning(UserWarning):
@@ -52,7 +51,7 @@ def mode() -> str:
 
 def unavailable(name: str) -> Optional[str]:
     """Why fast path ``name`` does not run in this process (None: it may)."""
-    if _broken and name in _broken:
+    if name in _broken:
         return _broken[name]
     return "DELTALAB_FAST_PATHS=off" if mode() == "off" else None
 
